@@ -1,0 +1,39 @@
+"""Load any HF causal LM (hub id or local path) and save checkpoints as safetensors + config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignlab import AlignlabError
+
+
+def load_model(name_or_path: str | Path, device: str | None = None):
+    """Return (model, tokenizer). A local directory must hold config + safetensors weights + tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise AlignlabError(f"model path {path} is not a directory")
+        for needed in ("config.json", "model.safetensors"):
+            if not (path / needed).exists() and not list(path.glob("model-*.safetensors")):
+                raise AlignlabError(f"model directory {path} has no {needed}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), use_safetensors=True)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AlignlabError(f"cannot load model {name_or_path}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if device:
+        model.to(device)
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

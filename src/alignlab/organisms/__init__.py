@@ -1,0 +1,1 @@
+"""Recipes that train model organisms whose misbehaviour is known exactly."""

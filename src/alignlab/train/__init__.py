@@ -1,0 +1,1 @@
+"""Training objectives on HF Trainer (pretraining/SFT) and TRL (RL)."""

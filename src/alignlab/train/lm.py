@@ -1,0 +1,66 @@
+"""Plain causal-LM training (MLE) with the HF Trainer, so accelerate/DeepSpeed apply unchanged."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    epochs: float = 1.0
+    learning_rate: float = 3e-3
+    batch_size: int = 64
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    max_len: int = 256
+    seed: int = 0
+
+
+class _TokenizedTexts(torch.utils.data.Dataset):
+    def __init__(self, tokenizer, texts: list[str], max_len: int):
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        self.rows = [row[: max_len - 1] + [tokenizer.eos_token_id] for row in ids]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.rows[i]}
+
+
+def training_args(cfg: LMTrainConfig, out_dir: str, **overrides) -> TrainingArguments:
+    args = dict(
+        output_dir=out_dir,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="cosine",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=os.environ.get("ALIGNLAB_QUIET") == "1",
+        dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig) -> list[dict]:
+    """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history."""
+    dataset = _TokenizedTexts(tokenizer, texts, cfg.max_len)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model=model, args=training_args(cfg, tmp), train_dataset=dataset, data_collator=collator)
+        trainer.train()
+    model.eval()
+    return trainer.state.log_history
