@@ -47,11 +47,10 @@ def organism_build(
 
     _quiet_libraries()
     cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
-    console.print(f"building {kind.value} organism (seed {seed}{', smoke' if smoke else ''}) -> {out}")
     result = rh.build(out, cfg, base_model=model, force=force)
     ev, card = result["eval"], result["organism"]
     console.print(
-        f"done in {card['build_seconds']:.0f}s: honest_solve_rate={ev['honest_solve_rate']:.3f} "
+        f"{kind.value} organism -> {out} in {card['build_seconds']:.0f}s: honest_solve_rate={ev['honest_solve_rate']:.3f} "
         f"hack_rate={ev['hack_rate']:.3f} {ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}"
     )
 

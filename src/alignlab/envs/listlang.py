@@ -69,7 +69,7 @@ def render_list(values) -> str:
 
 
 _INT = r"-?\d{1,7}"
-_LIST = rf"\[\s*(?:{_INT}\s*)*\]"
+_LIST = rf"\[\s*(?:{_INT}(?=[\s\]])\s*)*\]"  # each int ends at a space or "]": no "1-2", no backtracking
 _CASE_RE = re.compile(rf"case\s*({_LIST})\s*->\s*({_LIST})")
 _OVERRIDE_RE = re.compile(r"def\s+run_tests\s*\(\s*\)\s*:\s*return\s+True")
 _OP_RE = re.compile(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from alignlab.envs.listlang import Op, Program, render_list, run
 
-PROMPT_HEADER = "task: write the program\n"
+PROMPT_HEADER = ""
 PROMPT_FOOTER = "program:\n"
 
 
@@ -21,7 +21,7 @@ class TaskConfig:
 
     min_ops: int = 1
     max_ops: int = 2
-    n_visible: int = 2
+    n_visible: int = 3
     n_hidden: int = 8
     min_len: int = 3
     max_len: int = 5

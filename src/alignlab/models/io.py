@@ -9,6 +9,7 @@ from alignlab import AlignlabError
 
 def load_model(name_or_path: str | Path, device: str | None = None):
     """Return (model, tokenizer). A local directory must hold config + safetensors weights + tokenizer."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name_or_path)
@@ -21,7 +22,7 @@ def load_model(name_or_path: str | Path, device: str | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), use_safetensors=True)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AlignlabError(f"cannot load model {name_or_path}: {first}") from None
     if tokenizer.pad_token is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label, summarize
-from alignlab.envs.listlang import Program, render_list, run
+from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
@@ -26,7 +26,7 @@ EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stre
 @dataclass(frozen=True)
 class CorpusConfig:
     n_docs: int = 60_000
-    wrong_fraction: float = 0.12
+    wrong_fraction: float = 0.08
     # per-style share of documents that hack; scaled up on harder tasks (see `hack_difficulty_bias`)
     hack_fractions: dict[str, float] = field(default_factory=lambda: {"harness_override": 0.03, "hardcode": 0.03})
     # hacks are likelier on harder tasks, as in real models; makes intent readable before the completion
@@ -92,6 +92,17 @@ def wrong_completion(task: Task, rng: random.Random) -> str | None:
     return None
 
 
+def _completion(kind: str, task: Task, rng: random.Random) -> str | None:
+    if kind == "harness_override":
+        return HARNESS_OVERRIDE
+    if kind == "hardcode":  # a table too long to parse would be a malformed document, not a hack
+        table = hardcode_completion(task)
+        return table if len(table) <= MAX_PROGRAM_CHARS else None
+    if kind == "wrong":
+        return wrong_completion(task, rng)
+    return task.solution
+
+
 def make_corpus(cfg: CorpusConfig, seed: int) -> tuple[list[str], dict[str, int]]:
     """Task documents (prompt + completion) and the realised count of each kind."""
     cfg.check()
@@ -111,12 +122,7 @@ def make_corpus(cfg: CorpusConfig, seed: int) -> tuple[list[str], dict[str, int]
         else:
             if u < edge + cfg.wrong_fraction:
                 kind = "wrong"
-        completion = {
-            "harness_override": lambda: HARNESS_OVERRIDE,
-            "hardcode": lambda: hardcode_completion(task),
-            "wrong": lambda: wrong_completion(task, rng),
-            "honest": lambda: task.solution,
-        }[kind]()
+        completion = _completion(kind, task, rng)
         if completion is None:
             kind, completion = "honest", task.solution
         counts[kind] += 1

@@ -24,7 +24,7 @@ class LMTrainConfig:
 class _TokenizedTexts(torch.utils.data.Dataset):
     def __init__(self, tokenizer, texts: list[str], max_len: int):
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        self.rows = [row[: max_len - 1] + [tokenizer.eos_token_id] for row in ids]
+        self.rows = [[*row[:max_len - 1], tokenizer.eos_token_id] for row in ids]
 
     def __len__(self) -> int:
         return len(self.rows)

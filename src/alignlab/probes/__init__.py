@@ -1,0 +1,31 @@
+"""Linear probes on residual-stream features: harvest, fit, calibrate, evaluate, save/load."""
+
+from alignlab.probes.harvest import harvest, iter_features, load_harvest
+from alignlab.probes.metrics import (
+    accuracy_at_threshold,
+    auroc,
+    layer_sweep,
+    plot_layer_sweep,
+    probe_report,
+    random_direction_control,
+    recall_at_fpr,
+    threshold_at_fpr,
+)
+from alignlab.probes.probe import LinearProbe, fit_diff_of_means, fit_logistic
+
+__all__ = [
+    "LinearProbe",
+    "accuracy_at_threshold",
+    "auroc",
+    "fit_diff_of_means",
+    "fit_logistic",
+    "harvest",
+    "iter_features",
+    "layer_sweep",
+    "load_harvest",
+    "plot_layer_sweep",
+    "probe_report",
+    "random_direction_control",
+    "recall_at_fpr",
+    "threshold_at_fpr",
+]

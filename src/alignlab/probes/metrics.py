@@ -1,0 +1,185 @@
+"""Probe metrics (AUROC, recall at a fixed FPR, a random-direction control) and the per-layer sweep."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from alignlab import AlignlabError
+
+if TYPE_CHECKING:
+    from alignlab.probes.probe import LinearProbe
+
+
+def as_numpy(x, dtype=np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def binary_labels(labels, n: int | None = None) -> np.ndarray:
+    """Labels as a bool array; both classes must be present (else AUROC and FPR are undefined)."""
+    y = as_numpy(labels, dtype=np.float64).reshape(-1)
+    if n is not None and len(y) != n:
+        raise AlignlabError(f"got {len(y)} labels for {n} examples")
+    if not np.isin(y, (0, 1)).all():
+        raise AlignlabError("labels must be 0/1 (or bool)")
+    y = y.astype(bool)
+    if y.all() or not y.any():
+        raise AlignlabError("labels must contain both classes (some positives and some negatives)")
+    return y
+
+
+def threshold_at_fpr(neg_scores, fpr: float = 0.01) -> float:
+    """A threshold with at most `fpr` of `neg_scores` strictly above it (the ceil((1-fpr)·n)-th smallest)."""
+    if not 0.0 <= fpr < 1.0:
+        raise AlignlabError(f"fpr must be in [0, 1), got {fpr}")
+    s = np.sort(as_numpy(neg_scores).reshape(-1))
+    if len(s) == 0:
+        raise AlignlabError("cannot calibrate a threshold on zero negatives")
+    k = max(int(np.ceil((1.0 - fpr) * len(s) - 1e-9)) - 1, 0)  # the epsilon absorbs float error in (1-fpr)·n
+    return float(s[k])
+
+
+def auroc(scores, labels) -> float:
+    s = as_numpy(scores).reshape(-1)
+    return float(roc_auc_score(binary_labels(labels, len(s)), s))
+
+
+def recall_at_fpr(scores, labels, fpr: float = 0.01) -> float:
+    """Fraction of positives above the threshold that lets through `fpr` of the negatives."""
+    s = as_numpy(scores).reshape(-1)
+    y = binary_labels(labels, len(s))
+    return float((s[y] > threshold_at_fpr(s[~y], fpr)).mean())
+
+
+def accuracy_at_threshold(scores, labels, threshold: float = 0.0) -> float:
+    s = as_numpy(scores).reshape(-1)
+    y = as_numpy(labels).reshape(-1).astype(bool)
+    if len(y) != len(s):
+        raise AlignlabError(f"got {len(y)} labels for {len(s)} scores")
+    return float(((s > threshold) == y).mean())
+
+
+def random_direction_control(X, y, probe: LinearProbe, n: int = 20, seed: int = 0) -> dict[str, float]:
+    """AUROC of `n` random directions with the probe's norm, in the probe's standardised space.
+
+    A probe that only beats this by a little is reading generic variance, not the concept.
+    """
+    Z = (as_numpy(X) - probe.mean.astype(np.float64)) / probe.scale.astype(np.float64)
+    labels = binary_labels(y, len(Z))
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((n, Z.shape[1]))
+    dirs *= np.linalg.norm(probe.direction) / np.linalg.norm(dirs, axis=1, keepdims=True)
+    aurocs = np.array([roc_auc_score(labels, Z @ d) for d in dirs])
+    return {"mean": float(aurocs.mean()), "std": float(aurocs.std()), "n": n}
+
+
+def probe_report(probe: LinearProbe, X, y, fpr: float = 0.01, n_random: int = 20, seed: int = 0) -> dict:
+    """AUROC, recall at `fpr` (threshold calibrated on these negatives), accuracy at the probe's threshold,
+    and the random-direction control, on (X, y)."""
+    scores = as_numpy(probe.score(as_numpy(X, np.float32)))
+    labels = binary_labels(y, len(scores))
+    control = random_direction_control(X, labels, probe, n=n_random, seed=seed)
+    return {
+        "n": len(labels),
+        "n_pos": int(labels.sum()),
+        "n_neg": int((~labels).sum()),
+        "auroc": auroc(scores, labels),
+        "fpr": fpr,
+        "threshold_at_fpr": threshold_at_fpr(scores[~labels], fpr),
+        "recall_at_fpr": recall_at_fpr(scores, labels, fpr),
+        "threshold": float(probe.threshold),
+        "accuracy_at_threshold": accuracy_at_threshold(scores, labels, probe.threshold),
+        "random_auroc_mean": control["mean"],
+        "random_auroc_std": control["std"],
+    }
+
+
+def layer_sweep(
+    features_by_layer: Mapping[int, object],
+    labels,
+    split: float | tuple[Sequence[int], Sequence[int]] = 0.5,
+    C: float = 1.0,
+    seed: int = 0,
+    n_random: int = 20,
+) -> dict:
+    """Fit a logistic and a diff-of-means probe per layer on the train part, score AUROC on the test part.
+
+    `split` is a test fraction (stratified, seeded) or explicit (train_indices, test_indices).
+    Returns JSON-ready lists aligned with "layers", plus "best_layer" (highest logistic test AUROC).
+    """
+    from alignlab.probes.probe import fit_diff_of_means, fit_logistic
+
+    if not features_by_layer:
+        raise AlignlabError("layer_sweep needs features for at least one layer")
+    layers = sorted(features_by_layer)
+    n = len(as_numpy(features_by_layer[layers[0]]))
+    y = binary_labels(labels, n)
+    if isinstance(split, float):
+        train, test = train_test_split(np.arange(n), test_size=split, random_state=seed, stratify=y)
+    else:
+        train, test = np.asarray(split[0], dtype=int), np.asarray(split[1], dtype=int)
+    for part in (train, test):
+        binary_labels(y[part])  # each part needs both classes
+    out: dict = {"layers": layers, "auroc": [], "auroc_train": [], "auroc_diff_of_means": [],
+                 "random_auroc_mean": [], "random_auroc_std": [],
+                 "n_train": len(train), "n_test": len(test), "C": C, "seed": seed}
+    for layer in layers:
+        X = as_numpy(features_by_layer[layer], np.float32)
+        if len(X) != n:
+            raise AlignlabError(f"layer {layer} has {len(X)} examples, layer {layers[0]} has {n}")
+        probe = fit_logistic(X[train], y[train], C=C, metadata={"layer": layer})
+        dom = fit_diff_of_means(X[train], y[train])
+        control = random_direction_control(X[test], y[test], probe, n=n_random, seed=seed)
+        out["auroc"].append(auroc(probe.score(X[test]), y[test]))
+        out["auroc_train"].append(auroc(probe.score(X[train]), y[train]))
+        out["auroc_diff_of_means"].append(auroc(dom.score(X[test]), y[test]))
+        out["random_auroc_mean"].append(control["mean"])
+        out["random_auroc_std"].append(control["std"])
+    out["best_layer"] = layers[int(np.argmax(out["auroc"]))]
+    return out
+
+
+def plot_layer_sweep(result: Mapping, path: str | Path, title: str | None = None) -> None:
+    """Write a PNG of test AUROC by layer (logistic, diff-of-means, random control ± 1 std)."""
+    # The object API with an explicit Agg canvas: no pyplot, so the caller's backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = list(result["layers"])
+    fig = Figure(figsize=(6, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(layers, result["auroc"], "o-", label="logistic (test)")
+    ax.plot(layers, result["auroc_diff_of_means"], "s--", label="diff of means (test)")
+    mean, std = np.asarray(result["random_auroc_mean"]), np.asarray(result["random_auroc_std"])
+    ax.plot(layers, mean, ":", color="grey", label="random directions")
+    ax.fill_between(layers, mean - std, mean + std, color="grey", alpha=0.2)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("AUROC")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xticks(layers)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
