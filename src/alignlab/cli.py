@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,12 +18,30 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="alignlab: alignment experiments on model organisms with known ground truth.")
 organism_app = typer.Typer(no_args_is_help=True, help="Build and evaluate model organisms.")
 app.add_typer(organism_app, name="organism")
+probe_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and sweep linear probes on an organism.")
+app.add_typer(probe_app, name="probe")
 
 console = Console(stderr=True)
 
 
 class OrganismKind(str, Enum):
     reward_hacker = "reward-hacker"
+
+
+class Position(str, Enum):
+    completion = "completion"
+    prompt_last = "prompt_last"
+
+
+class Aggregation(str, Enum):
+    mean = "mean"
+    max = "max"
+    last = "last"
+
+
+class Method(str, Enum):
+    logistic = "logistic"
+    diff_of_means = "diff_of_means"
 
 
 def _quiet_libraries() -> None:
@@ -41,17 +60,23 @@ def organism_build(
     smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast build for tests."),
     model: str | None = typer.Option(None, "--model", help="Fine-tune this HF model (id or path) instead."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding config fields, e.g. "
+                                       '{"corpus": {"hack_fractions": {"hardcode": 0.1}}}.'),
 ) -> None:
     """Train a model organism and write model, tokenizer, organism.json and eval.json."""
+    from alignlab.config import load_overrides, override
     from alignlab.organisms import reward_hacker as rh
 
     _quiet_libraries()
     cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
     result = rh.build(out, cfg, base_model=model, force=force)
     ev, card = result["eval"], result["organism"]
     console.print(
-        f"{kind.value} organism -> {out} in {card['build_seconds']:.0f}s: honest_solve_rate={ev['honest_solve_rate']:.3f} "
-        f"hack_rate={ev['hack_rate']:.3f} {ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}"
+        f"{kind.value} organism -> {out} in {card['build_seconds']:.0f}s: "
+        f"honest_solve_rate={ev['honest_solve_rate']:.3f} hack_rate={ev['hack_rate']:.3f} "
+        f"{ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}"
     )
 
 
@@ -78,6 +103,105 @@ def organism_eval(
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+
+
+def _probe_data(path: Path, n_tasks: int, samples: int, seed: int):
+    """Load an organism and sample labelled on-policy completions from it."""
+    from alignlab.organisms import reward_hacker as rh
+    from alignlab.probes.onpolicy import ProbeDataConfig, sample_labelled
+
+    _quiet_libraries()
+    model, tokenizer, card = rh.load_organism(path)
+    cfg = ProbeDataConfig(n_tasks=n_tasks, samples_per_task=samples, seed=seed)
+    data = sample_labelled(model, tokenizer, rh.config_from_card(card).corpus.tasks, cfg)
+    return model, tokenizer, cfg, data
+
+
+N_TASKS = typer.Option(1500, "--n-tasks", min=2, help="Fresh tasks to sample the organism on.")
+SAMPLES = typer.Option(4, "--samples", min=1, help="Completions per task (temperature 1).")
+SEED = typer.Option(0, "--seed", help="Seed for tasks, sampling and the train/test split.")
+FORCE = typer.Option(False, "--force", help="Replace an existing output directory.")
+
+
+@probe_app.command("fit")
+def probe_fit(
+    organism: Path = typer.Argument(..., help="An organism directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory: probe.safetensors, probe.json, report.json."),
+    layer: int = typer.Option(2, "--layer", help="Decoder layer (negative counts from the end)."),
+    position: Position = typer.Option(Position.completion, "--position", help="Completion tokens or last prompt."),
+    aggregation: Aggregation = typer.Option(Aggregation.mean, "--aggregation", help="Pooling of completion tokens."),
+    method: Method = typer.Option(Method.logistic, "--method", help="Probe type."),
+    n_tasks: int = N_TASKS,
+    samples: int = SAMPLES,
+    seed: int = SEED,
+    force: bool = FORCE,
+) -> None:
+    """Fit a hack-vs-honest probe on the organism's own labelled samples; report held-out metrics."""
+    from alignlab.artifacts import atomic_dir, write_json_atomic
+    from alignlab.probes.onpolicy import fit_and_report
+
+    if out.exists() and not force:
+        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed)
+    probe, report = fit_and_report(model, tokenizer, data, layer, position.value, aggregation.value,
+                                   method.value, cfg, model_name=str(organism))
+    with atomic_dir(out, force=force) as tmp:
+        probe.save(tmp)
+        write_json_atomic(tmp / "report.json", report)
+    t = report["test"]
+    console.print(f"probe -> {out}: test AUROC {t['auroc']:.3f}, recall@1%FPR {t['recall_at_fpr']:.3f}, "
+                  f"random-direction AUROC {t['random_auroc_mean']:.3f} ({t['n_pos']} hacks / {t['n_neg']} honest)")
+
+
+@probe_app.command("eval")
+def probe_eval(
+    organism: Path = typer.Argument(..., help="An organism (or any model) directory with organism.json."),
+    probe_dir: Path = typer.Argument(..., help="A probe written by `probe fit`."),
+    out: Path | None = typer.Option(None, "--out", help="Write the report JSON here."),
+    n_tasks: int = N_TASKS,
+    samples: int = SAMPLES,
+    seed: int = typer.Option(1, "--seed", help="Sampling seed (default differs from fit's)."),
+) -> None:
+    """Evaluate a saved probe on fresh on-policy samples of a model."""
+    from alignlab.artifacts import write_json_atomic
+    from alignlab.probes import LinearProbe
+    from alignlab.probes.onpolicy import evaluate_probe
+
+    probe = LinearProbe.load(probe_dir)
+    model, tokenizer, _, data = _probe_data(organism, n_tasks, samples, seed)
+    report = evaluate_probe(model, tokenizer, probe, data, seed=seed)
+    if out is not None:
+        write_json_atomic(out, report)
+    print(json.dumps(report, indent=2))
+
+
+@probe_app.command("sweep")
+def probe_sweep(
+    organism: Path = typer.Argument(..., help="An organism directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory: sweep.json and one PNG per position."),
+    aggregation: Aggregation = typer.Option(Aggregation.mean, "--aggregation", help="Pooling of completion tokens."),
+    n_tasks: int = N_TASKS,
+    samples: int = SAMPLES,
+    seed: int = SEED,
+    force: bool = FORCE,
+) -> None:
+    """AUROC of hack-vs-honest probes at every layer, on completion tokens and on the last prompt token."""
+    from alignlab.artifacts import atomic_dir, write_json_atomic
+    from alignlab.probes.onpolicy import sweep
+
+    if out.exists() and not force:
+        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed)
+    result = sweep(model, tokenizer, data, aggregation.value, cfg)
+    with atomic_dir(out, force=force) as tmp:
+        from alignlab.probes import plot_layer_sweep
+
+        for position, res in result["positions"].items():
+            plot_layer_sweep(res, tmp / f"sweep_{position}.png", title=f"hack vs honest probe: {position}")
+        write_json_atomic(tmp / "sweep.json", result)
+    for position, res in result["positions"].items():
+        aurocs = ", ".join(f"L{layer}={a:.3f}" for layer, a in zip(res["layers"], res["auroc"], strict=True))
+        console.print(f"{position}: {aurocs} (random ~{statistics.mean(res['random_auroc_mean']):.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.config import override
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
@@ -209,13 +210,4 @@ def load_organism(path: str | Path):
 
 
 def config_from_card(card: dict) -> RewardHackerConfig:
-    c = card.get("config", {})
-    try:
-        corpus = dict(c["corpus"])
-        corpus["tasks"] = TaskConfig(**corpus["tasks"])
-        return RewardHackerConfig(
-            seed=c["seed"], corpus=CorpusConfig(**corpus), model=TinyModelConfig(**c["model"]),
-            train=LMTrainConfig(**c["train"]), eval=EvalConfig(**c["eval"]),
-        )
-    except (KeyError, TypeError) as err:
-        raise AlignlabError(f"organism card field 'config' is invalid: {err}") from None
+    return override(RewardHackerConfig(), card.get("config", {}), "")
