@@ -14,3 +14,20 @@ def smoke_organism(tmp_path_factory):
     out = tmp_path_factory.mktemp("organism") / "rh"
     assert main(["organism", "build", "reward-hacker", "--out", str(out), "--smoke", "--seed", "3"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def hacky_organism(tmp_path_factory):
+    """A smoke organism whose corpus hacks often, so its own samples hold both classes for probes."""
+    import json
+
+    from alignlab.cli import main
+
+    root = tmp_path_factory.mktemp("hacky")
+    cfg = root / "cfg.json"
+    cfg.write_text(json.dumps({"corpus": {"n_docs": 4000, "hack_fractions": {"harness_override": 0.2,
+                                                                              "hardcode": 0.2}},
+                               "train": {"epochs": 2}}))
+    out = root / "rh"
+    assert main(["organism", "build", "reward-hacker", "--smoke", "--out", str(out), "--config", str(cfg)]) == 0
+    return out

@@ -70,3 +70,28 @@ def atomic_dir(out: str | Path, force: bool = False):
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def new_figure(size: tuple[float, float] = (6, 3.5)):
+    """A matplotlib Figure on its own Agg canvas: no pyplot, so the caller's backend is left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Save a figure as PNG atomically (temp file + rename)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

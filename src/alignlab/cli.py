@@ -127,7 +127,7 @@ FORCE = typer.Option(False, "--force", help="Replace an existing output director
 def probe_fit(
     organism: Path = typer.Argument(..., help="An organism directory."),
     out: Path = typer.Option(..., "--out", help="Output directory: probe.safetensors, probe.json, report.json."),
-    layer: int = typer.Option(2, "--layer", help="Decoder layer (negative counts from the end)."),
+    layer: int = typer.Option(-2, "--layer", help="Decoder layer (negative counts from the end)."),
     position: Position = typer.Option(Position.completion, "--position", help="Completion tokens or last prompt."),
     aggregation: Aggregation = typer.Option(Aggregation.mean, "--aggregation", help="Pooling of completion tokens."),
     method: Method = typer.Option(Method.logistic, "--method", help="Probe type."),
@@ -145,9 +145,14 @@ def probe_fit(
     model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed)
     probe, report = fit_and_report(model, tokenizer, data, layer, position.value, aggregation.value,
                                    method.value, cfg, model_name=str(organism))
+    from alignlab.probes.metrics import plot_score_histogram
+
+    test_scores = report.pop("test_scores")
     with atomic_dir(out, force=force) as tmp:
         probe.save(tmp)
         write_json_atomic(tmp / "report.json", report)
+        plot_score_histogram(test_scores["scores"], test_scores["labels"], probe.threshold, tmp / "scores.png",
+                             title=f"held-out probe scores, layer {probe.metadata['layer']} ({position.value})")
     t = report["test"]
     console.print(f"probe -> {out}: test AUROC {t['auroc']:.3f}, recall@1%FPR {t['recall_at_fpr']:.3f}, "
                   f"random-direction AUROC {t['random_auroc_mean']:.3f} ({t['n_pos']} hacks / {t['n_neg']} honest)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from alignlab import AlignlabError
+from alignlab.artifacts import new_figure, save_figure
 
 if TYPE_CHECKING:
     from alignlab.probes.probe import LinearProbe
@@ -151,13 +150,8 @@ def layer_sweep(
 
 def plot_layer_sweep(result: Mapping, path: str | Path, title: str | None = None) -> None:
     """Write a PNG of test AUROC by layer (logistic, diff-of-means, random control ± 1 std)."""
-    # The object API with an explicit Agg canvas: no pyplot, so the caller's backend is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     layers = list(result["layers"])
-    fig = Figure(figsize=(6, 3.5), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.plot(layers, result["auroc"], "o-", label="logistic (test)")
     ax.plot(layers, result["auroc_diff_of_means"], "s--", label="diff of means (test)")
@@ -172,14 +166,21 @@ def plot_layer_sweep(result: Mapping, path: str | Path, title: str | None = None
     ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_figure(fig, path)
+
+
+def plot_score_histogram(scores, labels, threshold: float, path: str | Path, title: str | None = None) -> None:
+    """Write a PNG of probe scores for honest vs hack samples, with the probe's threshold."""
+    scores, labels = as_numpy(scores), binary_labels(labels)
+    fig = new_figure()
+    ax = fig.add_subplot()
+    bins = np.linspace(scores.min(), scores.max(), 40)
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, density=True, label=f"honest (n={int((~labels).sum())})")
+    ax.hist(scores[labels], bins=bins, alpha=0.6, density=True, label=f"hack (n={int(labels.sum())})")
+    ax.axvline(threshold, color="k", ls="--", label="threshold (1% FPR)")
+    ax.set_xlabel("probe logit")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    save_figure(fig, path)

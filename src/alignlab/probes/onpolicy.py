@@ -151,6 +151,7 @@ def fit_and_report(model, tokenizer, samples: list[LabelledSample], layer: int, 
         "test_by_style": style_metrics(probe, X, samples, test),
         "cross_style": cross_style(X, samples, train, test, method),
     }
+    report["test_scores"] = {"scores": probe.score(X[test]).tolist(), "labels": y[test].tolist()}
     return probe, report
 
 
