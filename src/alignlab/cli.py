@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 
@@ -20,6 +21,8 @@ organism_app = typer.Typer(no_args_is_help=True, help="Build and evaluate model 
 app.add_typer(organism_app, name="organism")
 probe_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and sweep linear probes on an organism.")
 app.add_typer(probe_app, name="probe")
+study_app = typer.Typer(no_args_is_help=True, help="Run a study: arms x seeds -> results.json, plots, report.md.")
+app.add_typer(study_app, name="study")
 
 console = Console(stderr=True)
 
@@ -90,8 +93,6 @@ def organism_eval(
     out: Path | None = typer.Option(None, "--out", help="Write the evaluation JSON here."),
 ) -> None:
     """Re-evaluate an organism on held-out tasks with ground-truth labels."""
-    from dataclasses import replace
-
     from alignlab.artifacts import write_json_atomic
     from alignlab.organisms import reward_hacker as rh
 
@@ -207,6 +208,36 @@ def probe_sweep(
     for position, res in result["positions"].items():
         aurocs = ", ".join(f"L{layer}={a:.3f}" for layer, a in zip(res["layers"], res["auroc"], strict=True))
         console.print(f"{position}: {aurocs} (random ~{statistics.mean(res['random_auroc_mean']):.2f})")
+
+
+@study_app.command("reward-hacking")
+def study_reward_hacking(
+    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
+    arms: str | None = typer.Option(None, "--arms", help="Comma-separated arms (default: all six)."),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per arm (default 3; quick/smoke 1)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer steps and samples: a few minutes."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
+    organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+) -> None:
+    """Probe reward vs frozen probe vs probe loss vs oracle vs monitor vs nothing, under a flawed grader."""
+    from alignlab.config import load_overrides, override
+    from alignlab.studies import reward_hacking as study
+
+    _quiet_libraries()
+    if quick and smoke:
+        raise AlignlabError("choose one of --quick and --smoke")
+    cfg = study.smoke_config() if smoke else study.quick_config() if quick else study.RewardHackingConfig()
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    if arms is not None:
+        cfg = replace(cfg, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
+    if seeds is not None:
+        cfg = replace(cfg, seeds=tuple(range(seeds)))
+    cfg.check()
+    results = study.run_study(out, cfg, organism=organism, smoke=smoke,
+                              progress=lambda what: console.print(f"[study] {what}"))
+    console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:

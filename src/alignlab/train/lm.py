@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,19 @@ def training_args(cfg: LMTrainConfig, out_dir: str, **overrides) -> TrainingArgu
     return TrainingArguments(**args)
 
 
+def quiet_trainer(trainer) -> None:
+    """With ALIGNLAB_QUIET=1 the Trainer shows neither a progress bar nor printed log dicts."""
+    if os.environ.get("ALIGNLAB_QUIET") == "1":
+        trainer.remove_callback(PrinterCallback)
+
+
 def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig) -> list[dict]:
     """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history."""
     dataset = _TokenizedTexts(tokenizer, texts, cfg.max_len)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model=model, args=training_args(cfg, tmp), train_dataset=dataset, data_collator=collator)
+        quiet_trainer(trainer)
         trainer.train()
     model.eval()
     return trainer.state.log_history

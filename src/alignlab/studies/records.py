@@ -1,0 +1,56 @@
+"""Resumable study records: one JSON per arm × seed (written atomically), assembled into results.json.
+
+A killed study re-run with the same --out skips every finished arm × seed and redoes only the unfinished one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from alignlab import AlignlabError
+from alignlab.artifacts import read_json, versions, write_json_atomic
+
+
+class RecordStore:
+    def __init__(self, out: Path, study: str, config):
+        self.out, self.study = Path(out), study
+        self.dir = self.out / "records"
+        self.config = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as they read back
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self.out / "config.json"
+        if saved.exists():
+            if read_json(saved, "study config") != self.config:
+                raise AlignlabError(f"{saved} holds a different config: resume with the same options or a new --out")
+        else:
+            write_json_atomic(saved, self.config)
+
+    def _path(self, arm: str, seed: int) -> Path:
+        return self.dir / f"{arm}-seed{seed}.json"
+
+    def done(self, arm: str, seed: int) -> bool:
+        return self._path(arm, seed).exists()
+
+    def save(self, record: dict, curve: list[dict], timing: dict) -> None:
+        write_json_atomic(self._path(record["arm"], record["seed"]), {"record": record, "curve": curve,
+                                                                       "timing": timing})
+
+    def load_all(self, arms, seeds) -> tuple[list[dict], list[dict], list[dict]]:
+        records, curves, timings = [], [], []
+        for arm in arms:
+            for seed in seeds:
+                data = read_json(self._path(arm, seed), "study record")
+                records.append(data["record"])
+                curves += data["curve"]
+                timings.append({"arm": arm, "seed": seed, **data["timing"]})
+        return records, curves, timings
+
+    def write_results(self, records: list[dict], curves: list[dict], extra: dict) -> dict:
+        results = {"study": self.study, "config": self.config, "versions": versions(), **extra,
+                   "records": records}
+        write_json_atomic(self.out / "results.json", results)
+        tmp = self.out / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(c, sort_keys=True) + "\n" for c in curves))
+        tmp.replace(self.out / "metrics.jsonl")
+        return results

@@ -1,0 +1,72 @@
+"""GRPO on TRL's GRPOTrainer against the environment's flawed grader, plus whatever signal an arm adds."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from alignlab.envs import Task
+from alignlab.train.lm import quiet_trainer
+
+
+@dataclass(frozen=True)
+class GRPORunConfig:
+    steps: int = 150
+    learning_rate: float = 1e-3
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    max_completion_length: int = 48
+    temperature: float = 1.0
+    beta: float = 0.0  # KL coefficient to the start model (TRL's default is 0)
+    seed: int = 0
+
+
+def task_dataset(tasks: list[Task]) -> Dataset:
+    return Dataset.from_dict({"prompt": [t.prompt for t in tasks], "task_id": list(range(len(tasks)))})
+
+
+def grpo_args(cfg: GRPORunConfig, out_dir: str) -> GRPOConfig:
+    batch = cfg.prompts_per_step * cfg.num_generations
+    return GRPOConfig(
+        output_dir=out_dir,
+        max_steps=cfg.steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=batch,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_k=0,
+        top_p=1.0,
+        beta=cfg.beta,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=os.environ.get("ALIGNLAB_QUIET") == "1",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        dataloader_num_workers=0,
+    )
+
+
+def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRPORunConfig,
+               trainer_cls=GRPOTrainer, trainer_kwargs: dict | None = None, on_trainer=None) -> list[dict]:
+    """Run GRPO in place on `model`. `on_trainer(trainer)` runs before training (e.g. to point a live-policy
+    probe reward at `trainer.model`). Returns the log history."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp),
+                              train_dataset=task_dataset(tasks), processing_class=tokenizer,
+                              **(trainer_kwargs or {}))
+        quiet_trainer(trainer)
+        if on_trainer is not None:
+            on_trainer(trainer)
+        trainer.train()
+    model.eval()
+    return trainer.state.log_history
