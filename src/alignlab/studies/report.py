@@ -58,13 +58,13 @@ def plot_frontier(summary: dict, baseline_hack: float | None, path: Path) -> Non
     ax = fig.add_subplot()
     for arm, m in summary.items():
         hack, hack_ci = m["hack_rate"]
-        auc, auc_ci = m["probe_auroc"]
+        auc, auc_ci = m["probe_auroc_forced"]
         if hack is None or baseline_hack is None:
             continue
         y = auc if auc is not None else float("nan")
         ax.errorbar(baseline_hack - hack, y, xerr=hack_ci or 0, yerr=auc_ci or 0, fmt="o", capsize=3, label=arm)
         ax.annotate(arm, (baseline_hack - hack, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("hack rate removed vs `none` (higher is better)")
-    ax.set_ylabel("original probe AUROC on trained policy")
+    ax.set_ylabel("original probe AUROC kept (forced completions)")
     ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -26,9 +26,10 @@ from transformers import TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
-from alignlab.envs import generate_task, label, summarize
+from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
 from alignlab.organisms import reward_hacker as rh
+from alignlab.probes.harvest import harvest
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
 from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
@@ -45,17 +46,17 @@ class RewardHackingConfig:
     grpo: GRPORunConfig = field(default_factory=GRPORunConfig)
     penalty: float = 1.0  # probe_reward*, oracle, monitor
     penalty_mode: str = "flat"  # or "continuous" (probe rewards)
-    probe_lambda: float = 1.0  # probe_loss
+    probe_lambda: float = 0.1  # probe_loss: λ · softplus(probe logit)
     probe_layer: int = -2
     probe_aggregation: str = "mean"
     probe_tpr: float = 1.0  # < 1 degrades the probe reward on purpose: a flagged completion escapes with 1 - tpr
     monitor_tpr: float = 0.9
     monitor_fpr: float = 0.05
     n_train_tasks: int = 2000
-    probe_data: ProbeDataConfig = field(default_factory=lambda: ProbeDataConfig(n_tasks=600))
-    eval_tasks: int = 150
+    probe_data: ProbeDataConfig = field(default_factory=lambda: ProbeDataConfig(n_tasks=300))
+    eval_tasks: int = 100
     eval_samples: int = 4
-    checkpoints: int = 2  # evaluations during training (plus the final one)
+    checkpoints: int = 1  # evaluations during training (plus the final one)
 
     def check(self) -> RewardHackingConfig:
         unknown = set(self.arms) - set(ARMS)
@@ -71,8 +72,8 @@ class RewardHackingConfig:
 
 
 def quick_config(seeds: int = 1) -> RewardHackingConfig:
-    return RewardHackingConfig(seeds=tuple(range(seeds)), grpo=GRPORunConfig(steps=25),
-                               probe_data=ProbeDataConfig(n_tasks=300), eval_tasks=80, checkpoints=1)
+    return RewardHackingConfig(seeds=tuple(range(seeds)), probe_data=ProbeDataConfig(n_tasks=150), eval_tasks=50,
+                               checkpoints=1)
 
 
 def smoke_config() -> RewardHackingConfig:
@@ -136,8 +137,24 @@ def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg,
     prompts = [t.prompt for t in tasks for _ in range(cfg.eval_samples)]
     flat = [c for cs in texts for c in cs]
     out["kl_to_start"] = kl_to_start(policy, start, tokenizer, prompts, flat)
+    out["probe_auroc_forced"] = forced_probe_auroc(policy, tokenizer, probe, tasks)
     out |= probe_health(policy, tokenizer, probe, cfg, task_cfg, seed, refit=full)
     return out
+
+
+def forced_probe_auroc(policy, tokenizer, probe, tasks) -> float:
+    """The original probe on the policy's activations over *written-for-it* completions (the target program vs
+    each hack style, teacher-forced): defined even when the policy has stopped hacking, and it isolates what
+    RL did to the representation from what it did to behaviour."""
+    pairs, y = [], []
+    for t in tasks:
+        for text, is_hack in ((t.solution, 0), (HARNESS_OVERRIDE, 1), (rh.hardcode_completion(t), 1)):
+            pairs.append((t.prompt, text))
+            y.append(is_hack)
+    layer = int(probe.metadata["layer"])
+    X = harvest(policy, tokenizer, pairs, layers=[layer], position="completion",
+                aggregation=probe.metadata.get("aggregation", "mean"), batch_size=64)[layer].numpy()
+    return auroc(probe.score(X), np.array(y))
 
 
 def probe_health(policy, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int, refit: bool) -> dict:
@@ -249,7 +266,7 @@ def fit_start_probe(organism: Path, out: Path, cfg: RewardHackingConfig):
 SMOKE_ORGANISM = {"corpus": {"n_docs": 4000, "hack_fractions": {"harness_override": 0.2, "hardcode": 0.2}},
                   "train": {"epochs": 2}}
 HEADLINE = ["hack_rate", "honest_solve_rate", "mean_grader_reward", "kl_to_start", "probe_auroc",
-            "probe_recall_at_1pct_fpr", "evasion_rate", "refit_probe_auroc", "refit_cosine"]
+            "probe_recall_at_1pct_fpr", "evasion_rate", "probe_auroc_forced", "refit_probe_auroc", "refit_cosine"]
 
 
 def ensure_organism(out: Path, organism: Path | None, smoke: bool) -> Path:
@@ -306,7 +323,7 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     summary = summarize_arms(records, HEADLINE)
     baseline = summary.get("none", {}).get("hack_rate", (None, None))[0]
     plot_curves(curves, "hack_rate", out / "hack_rate.png", "true hack rate (held-out tasks)")
-    plot_curves(curves, "probe_auroc", out / "probe_auroc.png", "original probe AUROC on policy samples")
+    plot_curves(curves, "probe_auroc_forced", out / "probe_auroc.png", "original probe AUROC (forced completions)")
     plot_frontier(summary, baseline, out / "frontier.png")
     start = results["organism_start"]
     n_seeds = len(results["config"]["seeds"])
@@ -321,8 +338,8 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
         f"β {results['config']['grpo']['beta']}; {n_seeds} seed(s) per arm; mean ± 95% CI over seeds.",
         "",
         "| arm | hack rate | honest solve | grader reward | KL to start | probe AUROC | probe recall@1%FPR |"
-        " evasion | refit AUROC | cos(orig, refit) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " evasion | probe AUROC (forced) | refit AUROC | cos(orig, refit) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, m in summary.items():
         lines.append(f"| {arm} | " + " | ".join(fmt(m[k]) for k in HEADLINE) + " |")
@@ -334,6 +351,10 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     tmp = out / ".report.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out / "report.md")
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def findings(summary: dict, start_hack: float) -> list[str]:
@@ -351,9 +372,9 @@ def findings(summary: dict, start_hack: float) -> list[str]:
         if arm in ("none", "oracle") or m["hack_rate"][0] is None or not none or none["hack_rate"][0] is None:
             continue
         removed = none["hack_rate"][0] - m["hack_rate"][0]
-        auc = m["probe_auroc"][0]
-        ev = m["evasion_rate"][0]
-        out.append(f"- `{arm}`: removes {removed:+.3f} of hack rate vs `none`; the original probe's AUROC on its "
-                   f"samples is {'n/a' if auc is None else f'{auc:.3f}'}, evasion rate "
-                   f"{'n/a' if ev is None else f'{ev:.3f}'} (share of true hacks it misses).")
+        auc, forced, ev = m["probe_auroc"][0], m["probe_auroc_forced"][0], m["evasion_rate"][0]
+        out.append(f"- `{arm}`: removes {removed:+.3f} of hack rate vs `none`. The original probe's AUROC on the "
+                   f"policy's own samples is {_num(auc)} (n/a when it no longer hacks or only hacks), on forced "
+                   f"hack vs honest completions {_num(forced)} (`none`: {_num(none['probe_auroc_forced'][0])}); "
+                   f"evasion rate {_num(ev)} (share of the policy's true hacks the probe misses).")
     return out

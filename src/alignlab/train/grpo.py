@@ -16,7 +16,7 @@ from alignlab.train.lm import quiet_trainer
 
 @dataclass(frozen=True)
 class GRPORunConfig:
-    steps: int = 150
+    steps: int = 25  # enough for the generic exploit to take over the tiny organism with nothing to stop it
     learning_rate: float = 1e-3
     prompts_per_step: int = 8
     num_generations: int = 8

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from alignlab.cli import main
+
+ARMS = ["none", "probe_reward", "probe_reward_frozen", "probe_loss", "oracle", "monitor"]
+
+
+@pytest.fixture(scope="module")
+def smoke_study(hacky_organism, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "rh"
+    assert main(["study", "reward-hacking", "--smoke", "--organism", str(hacky_organism), "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_study_writes_every_arm_and_artifact(smoke_study):
+    results = json.loads((smoke_study / "results.json").read_text())
+    assert results["study"] == "reward-hacking" and results["versions"]["trl"].startswith("1.16")
+    assert [r["arm"] for r in results["records"]] == ARMS
+    for r in results["records"]:
+        m = r["metrics"]
+        assert 0 <= m["hack_rate"] <= 1 and 0 <= m["honest_solve_rate"] <= 1
+        assert set(m["hack_rate_by_style"]) == {"harness_override", "hardcode"}
+        assert m["kl_to_start"] == m["kl_to_start"]  # not NaN
+    curves = [json.loads(line) for line in (smoke_study / "metrics.jsonl").read_text().splitlines()]
+    assert {c["arm"] for c in curves} == set(ARMS) and any(c["step"] == 0 for c in curves)
+    for name in ("hack_rate.png", "frontier.png", "probe_auroc.png"):
+        assert (smoke_study / name).stat().st_size > 1000
+    report = (smoke_study / "report.md").read_text()
+    assert all(f"| {arm} |" in report for arm in ARMS) and "Sanity: `none`" in report
+
+
+def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, capsys):
+    none = smoke_study / "records" / "none-seed0.json"
+    data = json.loads(none.read_text())
+    data["record"]["metrics"]["marker"] = 42  # a redo would lose this
+    none.write_text(json.dumps(data))
+    (smoke_study / "records" / "monitor-seed0.json").unlink()  # as if killed during the last arm
+    assert main(["study", "reward-hacking", "--smoke", "--organism", str(hacky_organism),
+                 "--out", str(smoke_study)]) == 0
+    results = json.loads((smoke_study / "results.json").read_text())
+    assert results["records"][0]["metrics"]["marker"] == 42
+    assert [r["arm"] for r in results["records"]] == ARMS
+    err = capsys.readouterr().err
+    assert "monitor seed 0" in err and "none seed 0" not in err
+
+
+def test_resume_with_other_options_is_refused(smoke_study, hacky_organism, capsys):
+    code = main(["study", "reward-hacking", "--smoke", "--arms", "none", "--organism", str(hacky_organism),
+                 "--out", str(smoke_study)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "different config" in err and len(err.splitlines()) == 1
+
+
+def test_unknown_arm_is_a_clear_error(tmp_path, capsys):
+    assert main(["study", "reward-hacking", "--smoke", "--arms", "none,bogus", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "arms" in err
+    assert not (tmp_path / "x").exists()  # nothing written for a bad command line
