@@ -85,3 +85,20 @@ def test_probe_loss_hook_point_exists_and_gradients_flow_through_activations(smo
     loss.backward()
     emb = trainer.model.get_input_embeddings().weight.grad
     assert emb is not None and emb.abs().sum() > 0  # zero advantages: only the probe term has a gradient
+
+
+def test_the_documented_trl_example_runs(smoke_organism, tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    d = 64
+    rng = np.random.default_rng(0)
+    fit_logistic(rng.standard_normal((40, d)), np.arange(40) % 2,
+                 metadata={"layer": 0, "position": "completion"}).save(tmp_path / "probe")
+    example = Path(__file__).parents[1] / "examples" / "probe_reward_trl.py"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["x", "--model", str(smoke_organism), "--probe", str(tmp_path / "probe"),
+                                      "--steps", "1"])
+    runpy.run_path(str(example), run_name="__main__")
+    assert (tmp_path / "grpo-probe-reward").is_dir()

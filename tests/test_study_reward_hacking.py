@@ -36,7 +36,9 @@ def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, caps
     data = json.loads(none.read_text())
     data["record"]["metrics"]["marker"] = 42  # a redo would lose this
     none.write_text(json.dumps(data))
-    (smoke_study / "records" / "monitor-seed0.json").unlink()  # as if killed during the last arm
+    monitor = smoke_study / "records" / "monitor-seed0.json"
+    before = json.loads(monitor.read_text())["record"]
+    monitor.unlink()  # as if killed during the last arm
     assert main(["study", "reward-hacking", "--smoke", "--organism", str(hacky_organism),
                  "--out", str(smoke_study)]) == 0
     results = json.loads((smoke_study / "results.json").read_text())
@@ -44,6 +46,7 @@ def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, caps
     assert [r["arm"] for r in results["records"]] == ARMS
     err = capsys.readouterr().err
     assert "monitor seed 0" in err and "none seed 0" not in err
+    assert results["records"][-1] == before  # the redone run reproduces its record exactly (same seed)
 
 
 def test_resume_with_other_options_is_refused(smoke_study, hacky_organism, capsys):
@@ -58,3 +61,15 @@ def test_unknown_arm_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bogus" in err and "arms" in err
     assert not (tmp_path / "x").exists()  # nothing written for a bad command line
+
+
+def test_probe_refit_during_training(hacky_organism, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"probe_refit_every": 1, "grpo": {"steps": 3}}))
+    out = tmp_path / "study"
+    assert main(["study", "reward-hacking", "--smoke", "--arms", "probe_reward,probe_loss", "--organism",
+                 str(hacky_organism), "--out", str(out), "--config", str(cfg)]) == 0
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert [r["arm"] for r in records] == ["probe_reward", "probe_loss"]
+    assert all(0 <= r["metrics"]["probe_refits"] <= 2 for r in records)
+    assert any(r["metrics"]["probe_refits"] > 0 for r in records)  # the hacky organism's samples hold both classes

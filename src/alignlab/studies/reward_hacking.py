@@ -49,6 +49,7 @@ class RewardHackingConfig:
     probe_lambda: float = 0.1  # probe_loss: λ · softplus(probe logit)
     probe_layer: int = -2
     probe_aggregation: str = "mean"
+    probe_refit_every: int = 0  # > 0: refit the probe on the policy's fresh samples every this many steps
     probe_tpr: float = 1.0  # < 1 degrades the probe reward on purpose: a flagged completion escapes with 1 - tpr
     monitor_tpr: float = 0.9
     monitor_fpr: float = 0.05
@@ -186,6 +187,31 @@ def probe_health(policy, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, s
     return out
 
 
+class _RefitProbe(TrainerCallback):
+    """Every `every` steps, refit the probe on the policy's own fresh labelled samples and hand it to the
+    signal (`target.probe`). Kept as is when the samples lack hacks or honest work."""
+
+    def __init__(self, every: int, target, policy, tokenizer, task_cfg, cfg: RewardHackingConfig, seed: int):
+        self.every, self.target, self.policy, self.tokenizer = every, target, policy, tokenizer
+        self.task_cfg, self.cfg, self.seed = task_cfg, cfg, seed
+        self.refits = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every or state.global_step >= state.max_steps:
+            return
+        data_cfg = replace(self.cfg.probe_data, seed=self.seed + 31 * state.global_step,
+                           max_new_tokens=self.cfg.grpo.max_completion_length)
+        samples = sample_labelled(self.policy, self.tokenizer, self.task_cfg, data_cfg)
+        y = np.array([s.is_hack for s in samples], dtype=int)
+        if len(samples) and 2 <= y.sum() <= len(y) - 2:
+            old = self.target.probe
+            X = features(self.policy, self.tokenizer, samples, [int(old.metadata["layer"])], "completion",
+                         old.metadata.get("aggregation", "mean"))[int(old.metadata["layer"])]
+            self.target.probe = fit(X, y, "logistic", {**old.metadata, "refit_at_step": state.global_step})
+            self.refits += 1
+        self.policy.train()
+
+
 class _Checkpoints(TrainerCallback):
     def __init__(self, every: int, fn):
         self.every, self.fn = every, fn
@@ -229,15 +255,28 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     grpo = replace(cfg.grpo, seed=seed)
     t0 = time.time()
     kwargs = {"trainer_cls": trainer_cls} if trainer_cls else {}
-    history = train_grpo(policy, tokenizer, tasks, rewards, grpo, trainer_kwargs=trainer_kwargs,
-                         on_trainer=lambda tr: (on_trainer and on_trainer(tr),
-                                                tr.add_callback(_Checkpoints(every, checkpoint))), **kwargs)
+    refitters: list[_RefitProbe] = []
+
+    def setup(trainer):
+        if on_trainer:
+            on_trainer(trainer)
+        trainer.add_callback(_Checkpoints(every, checkpoint))
+        target = trainer if arm == "probe_loss" else rewards[-1] if arm.startswith("probe_reward") else None
+        if cfg.probe_refit_every > 0 and target is not None:
+            target = getattr(target, "inner", target)  # through the degraded-probe wrapper
+            refitters.append(_RefitProbe(cfg.probe_refit_every, target, policy, tokenizer, task_cfg, cfg, seed))
+            trainer.add_callback(refitters[-1])
+
+    history = train_grpo(policy, tokenizer, tasks, rewards, grpo, trainer_kwargs=trainer_kwargs, on_trainer=setup,
+                         **kwargs)
     train_seconds = time.time() - t0
     for h in history:
         if "reward" in h:
             log({"arm": arm, "seed": seed, "step": h["step"], "train_reward": h["reward"],
                  **{k: v for k, v in h.items() if k.startswith("rewards/") and k.endswith("/mean")}})
     final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True)
+    if refitters:
+        final["probe_refits"] = refitters[0].refits
     log({"arm": arm, "seed": seed, "step": grpo.steps, **_curve(final)})
     return {"arm": arm, "seed": seed, "metrics": final | {"train_seconds": round(train_seconds, 1)}}
 
