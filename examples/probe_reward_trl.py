@@ -11,6 +11,7 @@ trainer is built. For a frozen copy, pass `model=copy.deepcopy(policy).eval()` i
 import argparse
 import random
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
@@ -40,7 +41,8 @@ def main() -> None:
         model=policy,
         reward_funcs=[GraderReward(tasks), probe_reward],  # summed by TRL
         args=GRPOConfig(output_dir="grpo-probe-reward", max_steps=args.steps, num_generations=8,
-                        per_device_train_batch_size=64, max_completion_length=48, report_to=[]),
+                        per_device_train_batch_size=64, max_completion_length=48, report_to=[],
+                        use_cpu=not torch.cuda.is_available()),
         train_dataset=task_dataset(tasks),  # columns: prompt, task_id (the rewards look tasks up by task_id)
         processing_class=tokenizer,
     )
