@@ -73,8 +73,10 @@ class RewardHackingConfig:
 
 
 def quick_config(seeds: int = 1) -> RewardHackingConfig:
+    # one seed, no mid-run checkpoint, smaller evaluations; the GRPO batch stays as in the default because
+    # halving it (4 prompts x 8) made `none` collapse instead of hack (KL 53 nats, measured)
     return RewardHackingConfig(seeds=tuple(range(seeds)), probe_data=ProbeDataConfig(n_tasks=150), eval_tasks=50,
-                               checkpoints=1)
+                               checkpoints=0)
 
 
 def smoke_config() -> RewardHackingConfig:
