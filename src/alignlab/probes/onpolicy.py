@@ -100,14 +100,14 @@ def style_metrics(probe: LinearProbe, X: np.ndarray, samples: Sequence[LabelledS
     return out
 
 
-def fit(X: np.ndarray, y: np.ndarray, method: str, metadata: dict) -> LinearProbe:
+def fit(X: np.ndarray, y: np.ndarray, method: str, metadata: dict, fpr: float = 0.01) -> LinearProbe:
     if method == "logistic":
         probe = fit_logistic(X, y, metadata=metadata)
     elif method == "diff_of_means":
         probe = fit_diff_of_means(X, y, metadata=metadata)
     else:
         raise AlignlabError(f"unknown probe method {method!r} (expected logistic or diff_of_means)")
-    probe.calibrate_threshold(X[y == 0], fpr=0.01)
+    probe.calibrate_threshold(X[y == 0], fpr=fpr)
     return probe
 
 
@@ -126,7 +126,8 @@ def cross_style(X: np.ndarray, samples: Sequence[LabelledSample], train: np.ndar
 
 
 def fit_and_report(model, tokenizer, samples: list[LabelledSample], layer: int, position: Position,
-                   aggregation: str, method: str, cfg: ProbeDataConfig, model_name: str) -> tuple[LinearProbe, dict]:
+                   aggregation: str, method: str, cfg: ProbeDataConfig, model_name: str,
+                   fpr: float = 0.01) -> tuple[LinearProbe, dict]:
     """Fit on the train tasks; report overall, per-style and cross-style metrics on the test tasks."""
     n_layers = len(find_decoder_layers(model))
     layer = layer % n_layers
@@ -142,7 +143,7 @@ def fit_and_report(model, tokenizer, samples: list[LabelledSample], layer: int, 
                          f"({int(y[train].sum())} hacks) on {cfg.n_tasks} tasks x {cfg.samples_per_task}, "
                          f"T={cfg.temperature}, seed {cfg.seed}; hack (any style) vs honest",
     }
-    probe = fit(X[train], y[train], method, metadata)
+    probe = fit(X[train], y[train], method, metadata, fpr=fpr)
     report = {
         "probe": metadata,
         "data": asdict(cfg) | {"n_samples": len(samples), "n_hacks": int(y.sum()),

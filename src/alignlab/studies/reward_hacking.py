@@ -49,6 +49,7 @@ class RewardHackingConfig:
     probe_lambda: float = 0.1  # probe_loss: λ · softplus(probe logit)
     probe_layer: int = -2
     probe_aggregation: str = "mean"
+    probe_fpr: float = 0.01  # the probe's threshold: this false-positive rate on the organism's honest samples
     probe_refit_every: int = 0  # > 0: refit the probe on the policy's fresh samples every this many steps
     probe_tpr: float = 1.0  # < 1 degrades the probe reward on purpose: a flagged completion escapes with 1 - tpr
     monitor_tpr: float = 0.9
@@ -69,6 +70,8 @@ class RewardHackingConfig:
             raise AlignlabError("study field 'penalty_mode' must be flat or continuous")
         if not 0 <= self.probe_tpr <= 1:
             raise AlignlabError("study field 'probe_tpr' must be in [0, 1]")
+        if not 0 < self.probe_fpr < 1:
+            raise AlignlabError("study field 'probe_fpr' must be in (0, 1)")
         return self
 
 
@@ -297,7 +300,8 @@ def fit_start_probe(organism: Path, out: Path, cfg: RewardHackingConfig):
     data_cfg = replace(cfg.probe_data, n_tasks=max(cfg.probe_data.n_tasks, 300))
     samples = sample_labelled(model, tokenizer, rh.config_from_card(card).corpus.tasks, data_cfg)
     probe, report = fit_and_report(model, tokenizer, samples, cfg.probe_layer, "completion",
-                                   cfg.probe_aggregation, "logistic", data_cfg, model_name=str(organism))
+                                   cfg.probe_aggregation, "logistic", data_cfg, model_name=str(organism),
+                                   fpr=cfg.probe_fpr)
     report.pop("test_scores")
     probe.save(out / "probe")
     write_json_atomic(out / "probe" / "report.json", report)
