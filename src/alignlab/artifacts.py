@@ -54,12 +54,17 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     return data
 
 
+def check_new_dir(out: str | Path, force: bool = False) -> None:
+    """Refuse to overwrite an output directory unless forced (call early, before any expensive work)."""
+    if Path(out).exists() and not force:
+        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+
+
 @contextmanager
 def atomic_dir(out: str | Path, force: bool = False):
     """Yield a fresh temp directory next to `out`; on success it replaces `out`, on failure it is removed."""
     out = Path(out)
-    if out.exists() and not force:
-        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    check_new_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:

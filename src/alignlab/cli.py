@@ -138,16 +138,14 @@ def probe_fit(
     force: bool = FORCE,
 ) -> None:
     """Fit a hack-vs-honest probe on the organism's own labelled samples; report held-out metrics."""
-    from alignlab.artifacts import atomic_dir, write_json_atomic
+    from alignlab.artifacts import atomic_dir, check_new_dir, write_json_atomic
+    from alignlab.probes.metrics import plot_score_histogram
     from alignlab.probes.onpolicy import fit_and_report
 
-    if out.exists() and not force:
-        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    check_new_dir(out, force)
     model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed)
     probe, report = fit_and_report(model, tokenizer, data, layer, position.value, aggregation.value,
                                    method.value, cfg, model_name=str(organism))
-    from alignlab.probes.metrics import plot_score_histogram
-
     test_scores = report.pop("test_scores")
     with atomic_dir(out, force=force) as tmp:
         probe.save(tmp)
@@ -192,16 +190,14 @@ def probe_sweep(
     force: bool = FORCE,
 ) -> None:
     """AUROC of hack-vs-honest probes at every layer, on completion tokens and on the last prompt token."""
-    from alignlab.artifacts import atomic_dir, write_json_atomic
+    from alignlab.artifacts import atomic_dir, check_new_dir, write_json_atomic
+    from alignlab.probes import plot_layer_sweep
     from alignlab.probes.onpolicy import sweep
 
-    if out.exists() and not force:
-        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    check_new_dir(out, force)
     model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed)
     result = sweep(model, tokenizer, data, aggregation.value, cfg)
     with atomic_dir(out, force=force) as tmp:
-        from alignlab.probes import plot_layer_sweep
-
         for position, res in result["positions"].items():
             plot_layer_sweep(res, tmp / f"sweep_{position}.png", title=f"hack vs honest probe: {position}")
         write_json_atomic(tmp / "sweep.json", result)

@@ -46,7 +46,8 @@ def _encode(tokenizer, pairs: Sequence[tuple[str, str]], position: Position) -> 
     return ids, prompt_lengths
 
 
-def _left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for rows of token ids, left-padded to the longest row."""
     width = max(len(row) for row in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -97,7 +98,7 @@ def iter_features(
         with ActivationTap(model, layers, early_exit=True) as tap:
             for batch in _batches(pairs, batch_size):
                 ids, prompt_lengths = _encode(tokenizer, batch, position)
-                input_ids, attention_mask = _left_pad(ids, pad_id or 0, device)
+                input_ids, attention_mask = left_pad(ids, pad_id or 0, device)
                 inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
                 if pass_positions:
                     inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)

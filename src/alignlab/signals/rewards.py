@@ -16,6 +16,7 @@ import torch
 from alignlab import AlignlabError
 from alignlab.envs import Task, flawed_reward, label
 from alignlab.models.tap import ActivationTap, aggregate, completion_mask
+from alignlab.probes.harvest import left_pad
 from alignlab.probes.probe import LinearProbe
 
 
@@ -112,13 +113,7 @@ class ProbeReward:
                     p_ids = self.tokenizer(list(prompts[start : start + self.batch_size]))["input_ids"]
                     rows = [p + list(c) for p, c in zip(p_ids, completion_ids[start : start + self.batch_size],
                                                         strict=True)]
-                    width = max(len(r) for r in rows)
-                    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                    attn = torch.zeros_like(ids)
-                    for i, r in enumerate(rows):
-                        ids[i, width - len(r) :] = torch.tensor(r)
-                        attn[i, width - len(r) :] = 1
-                    ids, attn = ids.to(device), attn.to(device)
+                    ids, attn = left_pad(rows, pad, device)
                     positions = (attn.cumsum(-1) - 1).clamp(min=0)
                     acts = tap.run(input_ids=ids, attention_mask=attn, position_ids=positions)[tap.layers[0]]
                     mask = completion_mask(attn, [len(p) for p in p_ids])

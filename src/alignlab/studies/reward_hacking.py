@@ -29,7 +29,7 @@ from alignlab.artifacts import read_json, versions, write_json_atomic
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
 from alignlab.organisms import reward_hacker as rh
-from alignlab.probes.harvest import harvest
+from alignlab.probes.harvest import harvest, left_pad
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
 from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
@@ -110,13 +110,10 @@ def kl_to_start(policy, start, tokenizer, prompts: list[str], completions: list[
         p_ids = tokenizer(prompts[i : i + 64])["input_ids"]
         c_ids = tokenizer(completions[i : i + 64], add_special_tokens=False)["input_ids"]
         rows = [p + c + [tokenizer.eos_token_id] for p, c in zip(p_ids, c_ids, strict=True)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        attn = torch.zeros_like(ids)
+        ids, attn = left_pad(rows, tokenizer.pad_token_id, "cpu")
+        width = ids.shape[1]
         comp = torch.zeros_like(ids, dtype=torch.bool)
         for j, (r, p) in enumerate(zip(rows, p_ids, strict=True)):
-            ids[j, width - len(r) :] = torch.tensor(r)
-            attn[j, width - len(r) :] = 1
             comp[j, width - len(r) + len(p) :] = True
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         logps = []
