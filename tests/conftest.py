@@ -6,6 +6,17 @@ os.environ.setdefault("ALIGNLAB_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: with a second process busy on the 2 cores, torch's thread pool only adds waiting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smoke_organism(tmp_path_factory):
     """One smoke-built reward-hacker organism shared by every test that needs a trained model."""

@@ -29,13 +29,7 @@ from alignlab.probes import (
 D = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matmuls: with a second process busy on the 2 cores, torch's thread pool only adds waiting
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _separable(n=600, d=64, shift=5.0, seed=0, anisotropic=True):

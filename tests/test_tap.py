@@ -32,13 +32,7 @@ V, D = 64, 32
 _NO_SPECIAL = dict(bos_token_id=None, eos_token_id=None, pad_token_id=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matmuls: with a second process busy on the 2 cores, torch's thread pool only adds waiting
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _llama(n_layers=2):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainerCallback
+from trl import GRPOTrainer
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
@@ -231,7 +232,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     rng = random.Random(seed + TRAIN_SEED_OFFSET)
     tasks = [generate_task(rng, task_cfg) for _ in range(cfg.n_train_tasks)]
     rewards: list = [GraderReward(tasks)]
-    trainer_cls, trainer_kwargs, on_trainer = None, {}, None
+    trainer_cls, trainer_kwargs, on_trainer = GRPOTrainer, {}, None
     if arm in ("probe_reward", "probe_reward_frozen"):
         reward = ProbeReward(probe, tokenizer, model=start if arm == "probe_reward_frozen" else None,
                              penalty=cfg.penalty, mode=cfg.penalty_mode)
@@ -256,7 +257,6 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     every = cfg.grpo.steps // (cfg.checkpoints + 1) if cfg.checkpoints else 0
     grpo = replace(cfg.grpo, seed=seed)
     t0 = time.time()
-    kwargs = {"trainer_cls": trainer_cls} if trainer_cls else {}
     refitters: list[_RefitProbe] = []
 
     def setup(trainer):
@@ -269,8 +269,8 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
             refitters.append(_RefitProbe(cfg.probe_refit_every, target, policy, tokenizer, task_cfg, cfg, seed))
             trainer.add_callback(refitters[-1])
 
-    history = train_grpo(policy, tokenizer, tasks, rewards, grpo, trainer_kwargs=trainer_kwargs, on_trainer=setup,
-                         **kwargs)
+    history = train_grpo(policy, tokenizer, tasks, rewards, grpo, trainer_cls=trainer_cls,
+                         trainer_kwargs=trainer_kwargs, on_trainer=setup)
     train_seconds = time.time() - t0
     for h in history:
         if "reward" in h:
