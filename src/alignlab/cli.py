@@ -236,6 +236,44 @@ def study_reward_hacking(
     console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
 
 
+@study_app.command("safety-pretraining")
+def study_safety_pretraining(
+    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
+    task: str = typer.Option("pep8", "--task", help="pep8 (the stdlib's code) or reward-hacking (task corpus)."),
+    objectives: str | None = typer.Option(None, "--objectives", help="Comma-separated objectives (default: all)."),
+    finetune: str | None = typer.Option(None, "--finetune",
+                                        help="Objectives also run as fine-tuning after MLE ('' for none)."),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per arm (default 1)."),
+    quick: bool = typer.Option(False, "--quick", help="Half the tokens, smaller evaluations."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+) -> None:
+    """MLE vs filtering vs conditional training vs unlikelihood vs RWR vs AWR vs harm tags vs data repair,
+    pretraining from scratch vs fine-tuning, on PEP8 or on reward hacking."""
+    from alignlab.config import load_overrides, override
+    from alignlab.studies import safety_pretraining as study
+
+    _quiet_libraries()
+    if quick and smoke:
+        raise AlignlabError("choose one of --quick and --smoke")
+    if task not in study.TASKS:
+        raise AlignlabError(f"--task {task!r} must be one of {', '.join(study.TASKS)}")
+    cfg = override(study.SafetyPretrainingConfig(), study.task_defaults(task))
+    for extra in ([study.quick_overrides(task)] if quick else []) + ([study.smoke_overrides(task)] if smoke else []):
+        cfg = override(cfg, extra)
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    if objectives is not None:
+        cfg = replace(cfg, objectives=tuple(o.strip() for o in objectives.split(",") if o.strip()))
+    if finetune is not None:
+        cfg = replace(cfg, finetune=tuple(o.strip() for o in finetune.split(",") if o.strip()))
+    if seeds is not None:
+        cfg = replace(cfg, seeds=tuple(range(seeds)))
+    cfg.check()
+    results = study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
+    console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)

@@ -15,8 +15,10 @@ def sample(
     max_new_tokens: int = 48,
     batch_size: int = 128,
     seed: int = 0,
+    suppress_ids: list[int] | None = None,
 ) -> list[list[str]]:
-    """Return, for each prompt, `n_per_prompt` sampled completions. Seeded: same seed, same samples."""
+    """Return, for each prompt, `n_per_prompt` sampled completions. Seeded: same seed, same samples.
+    `suppress_ids`: tokens never generated (e.g. a <|bad|> control token)."""
     model.eval()
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
@@ -34,6 +36,7 @@ def sample(
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            suppress_tokens=suppress_ids or None,
         )
         new = out[:, batch["input_ids"].shape[1] :]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)

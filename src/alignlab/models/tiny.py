@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -21,19 +21,22 @@ class TinyModelConfig:
     vocab_size: int = 512  # target for the BPE trainer; the model uses the tokenizer's real size
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the environment's own text: every string is encodable, decoding is exact."""
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 512,
+                    extra_special: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on the environment's own text: every string is encodable, decoding is exact.
+    `extra_special`: tokens that never come out of the text itself (control tokens, tags)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, PAD],
+        special_tokens=[EOS, PAD, *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, padding_side="left")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, padding_side="left",
+                                   additional_special_tokens=list(extra_special) or None)
 
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:

@@ -104,12 +104,12 @@ def _completion(kind: str, task: Task, rng: random.Random) -> str | None:
     return task.solution
 
 
-def make_corpus(cfg: CorpusConfig, seed: int) -> tuple[list[str], dict[str, int]]:
-    """Task documents (prompt + completion) and the realised count of each kind."""
+def make_labelled_corpus(cfg: CorpusConfig, seed: int) -> list[tuple[Task, str, str]]:
+    """(task, completion, kind) per document; kind is honest, wrong or a hack style."""
     cfg.check()
     rng = random.Random(seed)
     mean_ops = (cfg.tasks.min_ops + cfg.tasks.max_ops) / 2
-    docs, counts = [], {"honest": 0, "wrong": 0, **{s: 0 for s in HACK_STYLES}}
+    out = []
     for _ in range(cfg.n_docs):
         task = generate_task(rng, cfg.tasks)
         scale = task.n_ops / mean_ops if cfg.hack_difficulty_bias else 1.0
@@ -126,6 +126,15 @@ def make_corpus(cfg: CorpusConfig, seed: int) -> tuple[list[str], dict[str, int]
         completion = _completion(kind, task, rng)
         if completion is None:
             kind, completion = "honest", task.solution
+        out.append((task, completion, kind))
+    return out
+
+
+def make_corpus(cfg: CorpusConfig, seed: int) -> tuple[list[str], dict[str, int]]:
+    """Task documents (prompt + completion) and the realised count of each kind."""
+    counts = {"honest": 0, "wrong": 0, **{s: 0 for s in HACK_STYLES}}
+    docs = []
+    for task, completion, kind in make_labelled_corpus(cfg, seed):
         counts[kind] += 1
         docs.append(task.prompt + completion)
     return docs, counts

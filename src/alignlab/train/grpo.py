@@ -26,11 +26,13 @@ class GRPORunConfig:
     seed: int = 0
 
 
-def task_dataset(tasks: list[Task]) -> Dataset:
-    return Dataset.from_dict({"prompt": [t.prompt for t in tasks], "task_id": list(range(len(tasks)))})
+def task_dataset(tasks: list[Task], prompt_of=None) -> Dataset:
+    """`prompt_of(task)`: the prompt text the policy sees (default: the task's own prompt)."""
+    prompts = [prompt_of(t) if prompt_of else t.prompt for t in tasks]
+    return Dataset.from_dict({"prompt": prompts, "task_id": list(range(len(tasks)))})
 
 
-def grpo_args(cfg: GRPORunConfig, out_dir: str) -> GRPOConfig:
+def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None = None) -> GRPOConfig:
     batch = cfg.prompts_per_step * cfg.num_generations
     return GRPOConfig(
         output_dir=out_dir,
@@ -53,16 +55,19 @@ def grpo_args(cfg: GRPORunConfig, out_dir: str) -> GRPOConfig:
         lr_scheduler_type="constant",
         warmup_steps=0,
         dataloader_num_workers=0,
+        generation_kwargs=generation_kwargs,
     )
 
 
 def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRPORunConfig,
-               trainer_cls=GRPOTrainer, trainer_kwargs: dict | None = None, on_trainer=None) -> list[dict]:
+               trainer_cls=GRPOTrainer, trainer_kwargs: dict | None = None, on_trainer=None, prompt_of=None,
+               generation_kwargs: dict | None = None) -> list[dict]:
     """Run GRPO in place on `model`. `on_trainer(trainer)` runs before training (e.g. to point a live-policy
-    probe reward at `trainer.model`). Returns the log history."""
+    probe reward at `trainer.model`); `prompt_of` and `generation_kwargs` condition the rollouts (e.g. a
+    control token, a suppressed token). Returns the log history."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp),
-                              train_dataset=task_dataset(tasks), processing_class=tokenizer,
+        trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
+                              train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer,
                               **(trainer_kwargs or {}))
         quiet_trainer(trainer)
         if on_trainer is not None:

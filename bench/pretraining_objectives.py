@@ -1,0 +1,105 @@
+"""Tokens/s of each pretraining objective ÷ a plain HF `Trainer` doing MLE on the same model, data and batch.
+
+Side by side in one run: every round trains each contender for the same number of steps on fresh copies of the
+same initial model, timing the steps after a warm-up; the ratio of medians over rounds is printed. Targets:
+MLE ≥ 0.95 and conditional ≥ 0.97 of plain MLE.
+
+    python bench/pretraining_objectives.py [--rounds 3] [--steps 30] [--files 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
+
+from alignlab.envs.pep8 import Pep8CorpusConfig, load_corpus
+from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer
+from alignlab.train.lm import quiet_trainer
+from alignlab.train.objectives import (
+    CONTROL_TOKENS,
+    OBJECTIVES,
+    ObjectiveConfig,
+    ObjectiveTrainer,
+    PretrainConfig,
+    encode_corpus,
+    tokenize_docs,
+    training_args_for,
+)
+
+TARGETS = {"mle": 0.95, "conditional": 0.97}
+
+
+class _StepClock(TrainerCallback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.end = time.perf_counter()
+
+
+def tokens_per_second(trainer, steps: int, warmup: int, cfg: PretrainConfig) -> float:
+    clock = _StepClock(warmup)
+    trainer.add_callback(clock)
+    trainer.train()
+    return (steps - warmup) * cfg.batch_size * cfg.block_len / (clock.end - clock.start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--files", type=int, default=80)
+    args = parser.parse_args()
+    corpus = load_corpus(Pep8CorpusConfig(max_files=args.files))
+    tok = build_tokenizer(["".join(t for t, _ in d) for d in corpus.train[::4]], 1024, CONTROL_TOKENS)
+    docs = tokenize_docs(tok, corpus.train)
+    cfg = PretrainConfig(tokens=args.steps * 16 * 256)
+    obj_cfg = ObjectiveConfig(rwr_beta=0.02, awr_beta=0.02)
+    torch.manual_seed(0)
+    init = build_tiny_model(TinyModelConfig(), tok)
+    data = {o: encode_corpus(docs, o, obj_cfg, tok, cfg.block_len, seed=0) for o in OBJECTIVES}
+    speeds: dict[str, list[float]] = {"plain": [], **{o: [] for o in OBJECTIVES}}
+    for r in range(args.rounds):
+        for name in speeds:
+            model = copy.deepcopy(init).train()
+            if name == "awr":
+                model.add_module("alignlab_value_head", torch.nn.Linear(model.config.hidden_size, 1))
+            with tempfile.TemporaryDirectory() as tmp:
+                targs = training_args_for(cfg, tmp, seed=r)
+                if name == "plain":
+                    plain = data["mle"]
+                    rows = [{"input_ids": plain.ids[i]} for i in range(len(plain))]
+                    targs.remove_unused_columns = True
+                    trainer = Trainer(model=model, args=targs, train_dataset=rows,
+                                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+                else:
+                    trainer = ObjectiveTrainer(model=model, args=targs, train_dataset=data[name], objective=name,
+                                               objective_cfg=obj_cfg)
+                quiet_trainer(trainer)
+                speeds[name].append(tokens_per_second(trainer, args.steps, args.warmup, cfg))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in speeds.items()),
+              flush=True)
+    base = statistics.median(speeds["plain"])
+    print(f"\nplain HF Trainer MLE: {base:,.0f} tokens/s (median of {args.rounds})")
+    print(f"{'objective':<14}{'tokens/s':>10}{'÷ plain':>10}{'target':>8}")
+    for name in OBJECTIVES:
+        ratio = statistics.median(speeds[name]) / base
+        target = TARGETS.get(name)
+        verdict = "" if target is None else (" ok" if ratio >= target else " MISSED")
+        print(f"{name:<14}{statistics.median(speeds[name]):>10,.0f}{ratio:>10.3f}"
+              f"{'' if target is None else f'{target:>8.2f}'}{verdict}")
+
+
+if __name__ == "__main__":
+    main()

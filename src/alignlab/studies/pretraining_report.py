@@ -1,0 +1,171 @@
+"""The safety-pretraining study's plots and report.md: misalignment vs tokens, the score-vs-capability Pareto
+plot, pretraining vs fine-tuning, and (hacking world) survival under RL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from alignlab.artifacts import new_figure, save_figure
+from alignlab.studies.report import fmt, summarize_arms
+
+COLUMNS = [("score_mean", "score"), ("score_expected_max", "exp. max@25"), ("hit_rate", "hit rate"),
+           ("adv_score_mean", "adv. score"), ("adv_score_expected_max", "adv. exp. max@25"),
+           ("heldout_loss", "held-out loss"), ("kl_from_mle", "KL from MLE"), ("tokens_per_second", "tokens/s")]
+WORLD_COLUMNS = {
+    "pep8": [("syntax_error", "syntax-error share"), ("bad_line_rate", "bad-line share")],
+    "reward-hacking": [("honest_solve_rate", "honest solve"), ("rl_final_hack_rate", "hack after RL"),
+                       ("rl_steps_to_half", "RL steps to 50% hack")],
+}
+
+
+def safe_decoding_rows(records: list[dict]) -> list[dict]:
+    """The tags arm measured again under safe decoding, as a row of its own."""
+    rows = []
+    for r in records:
+        if r["objective"] == "tags" and "safe_score_mean" in r["metrics"]:
+            m = {k[len("safe_"):]: v for k, v in r["metrics"].items() if k.startswith("safe_")}
+            rows.append({**r, "arm": r["arm"].replace("tags", "tags+safe-decoding"),
+                         "metrics": {**r["metrics"], **m}})
+    return rows
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Arms not dominated on (capability loss, misalignment): none is at least as good on both and better on one."""
+    front = []
+    for a, (x, y) in points.items():
+        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for b, (x2, y2) in points.items() if b != a):
+            front.append(a)
+    return front
+
+
+def plot_tokens(curves: list[dict], path: Path) -> None:
+    fig = new_figure((6.5, 4))
+    ax = fig.add_subplot()
+    for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == "pretrain"):
+        pts = [c for c in curves if c["arm"] == arm and c.get("phase") == "pretrain"]
+        xs = sorted({c["tokens"] for c in pts})
+        ys = [np.mean([c["score_mean"] for c in pts if c["tokens"] == x]) for x in xs]
+        ax.plot(xs, ys, "o--" if "@" in arm else "o-", label=arm)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("misalignment score (unconditional samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
+def plot_pareto(summary: dict, front: list[str], path: Path) -> None:
+    fig = new_figure((6, 4.2))
+    ax = fig.add_subplot()
+    for arm, m in summary.items():
+        (x, xe), (y, ye) = m["heldout_loss"], m["score_mean"]
+        if x is None or y is None:
+            continue
+        ax.errorbar(x, y, xerr=xe or 0, yerr=ye or 0, fmt="s" if arm in front else "o", capsize=3)
+        ax.annotate(arm + (" *" if arm in front else ""), (x, y), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("held-out loss on good documents (nats/token, lower is better)")
+    ax.set_ylabel("misalignment score (lower is better)")
+    ax.set_title("* Pareto-optimal", fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_pretrain_vs_finetune(summary: dict, path: Path) -> None:
+    objectives = [a.split("@")[0] for a in summary if a.endswith("@finetune") and a.split("@")[0] in summary]
+    fig = new_figure((6, 3.8))
+    ax = fig.add_subplot()
+    x = np.arange(len(objectives))
+    for dx, suffix, lab in ((-0.2, "", "pretraining"), (0.2, "@finetune", "fine-tuning")):
+        ys = [summary[o + suffix]["score_mean"][0] or 0 for o in objectives]
+        ax.bar(x + dx, ys, 0.4, label=lab)
+    if "mle" in summary and summary["mle"]["score_mean"][0] is not None:
+        ax.axhline(summary["mle"]["score_mean"][0], color="k", ls=":", label="MLE")
+    ax.set_xticks(x, objectives, fontsize=8)
+    ax.set_ylabel("misalignment score")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_rl(curves: list[dict], path: Path) -> None:
+    fig = new_figure((6.5, 4))
+    ax = fig.add_subplot()
+    for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == "rl"):
+        pts = [c for c in curves if c["arm"] == arm and c.get("phase") == "rl"]
+        xs = sorted({c["step"] for c in pts})
+        ax.plot(xs, [np.mean([c["hack_rate"] for c in pts if c["step"] == s]) for s in xs],
+                "o--" if "@" in arm else "o-", label=arm)
+    ax.set_xlabel("GRPO step against the flawed grader")
+    ax.set_ylabel("true hack rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
+def findings(summary: dict, front: list[str]) -> list[str]:
+    """Plain-words statements computed from the numbers."""
+    out, score = [], {a: m["score_mean"][0] for a, m in summary.items() if m["score_mean"][0] is not None}
+    if score:
+        order = sorted(score, key=score.get)
+        out.append("- Misalignment, lowest first: " + ", ".join(f"`{a}` {score[a]:.4f}" for a in order) + ".")
+    out.append("- Pareto-optimal on (held-out loss, misalignment): " + ", ".join(f"`{a}`" for a in front) + ".")
+    mle = summary.get("mle")
+    if mle and mle["score_mean"][0]:
+        for arm in ("conditional", "filter"):
+            m = summary.get(arm)
+            if m and m["score_mean"][0] is not None:
+                out.append(f"- `{arm}` vs `mle`: misalignment ×{m['score_mean'][0] / mle['score_mean'][0]:.2f}, "
+                           f"held-out loss {m['heldout_loss'][0] - mle['heldout_loss'][0]:+.3f} nats/token.")
+    for arm in summary:
+        if arm.endswith("@finetune") and arm.split("@")[0] in score and arm in score:
+            base = arm.split("@")[0]
+            better = "pretraining" if score[base] < score[arm] else "fine-tuning"
+            out.append(f"- `{base}`: pretraining {score[base]:.4f} vs fine-tuning {score[arm]:.4f} → {better} "
+                       "is less misaligned.")
+    return out
+
+
+def write_report(out: Path, results: dict, curves: list[dict], timings: list[dict]) -> None:
+    records = results["records"] + safe_decoding_rows(results["records"])
+    world = results["task"]
+    columns = COLUMNS + WORLD_COLUMNS[world]
+    summary = summarize_arms(records, [k for k, _ in columns])
+    points = {a: (m["heldout_loss"][0], m["score_mean"][0]) for a, m in summary.items()
+              if m["heldout_loss"][0] is not None and m["score_mean"][0] is not None}
+    front = pareto_front(points)
+    plot_tokens(curves, out / "misalignment_vs_tokens.png")
+    plot_pareto(summary, front, out / "pareto.png")
+    plot_pretrain_vs_finetune(summary, out / "pretrain_vs_finetune.png")
+    plots = "`misalignment_vs_tokens.png`, `pareto.png`, `pretrain_vs_finetune.png`"
+    if world == "reward-hacking":
+        plot_rl(curves, out / "rl_survival.png")
+        plots += ", `rl_survival.png`"
+    cfg = results["config"]
+    lines = [
+        f"# Safety-pretraining study ({world})", "",
+        f"Every arm: the same tiny model from scratch, {cfg['pretrain']['tokens']:,} training tokens; `@finetune` "
+        f"arms spend the first {cfg['finetune_switch']:.0%} on MLE. {len(cfg['seeds'])} seed(s); mean ± 95% CI. "
+        "Score: misalignment of samples (higher is worse); exp. max@25: expected maximum over 25 samples; "
+        "adv.: after adversarial prompts that begin in the bad style.", "",
+        f"World: `{results['world']}`", "",
+        "| arm | " + " | ".join(label for _, label in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for arm, m in summary.items():
+        lines.append(f"| {arm} | " + " | ".join(_cell(m[k]) for k, _ in columns) + " |")
+    lines += ["", "## Findings", "", *findings(summary, front), "", f"Plots: {plots}. Records: `results.json`; "
+              "curves: `metrics.jsonl`.", "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for "
+              f"{len(timings)} runs (timings.json)."]
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "report.md")
+
+
+def _cell(pair) -> str:
+    mean, _ = pair
+    if mean is not None and abs(mean) >= 100:
+        return f"{mean:,.0f}"
+    if mean is not None and abs(mean) < 0.01:
+        return f"{mean:.5f}" if pair[1] is None else f"{mean:.5f} ± {pair[1]:.5f}"
+    return fmt(pair)
