@@ -4,7 +4,7 @@ Side by side in one run: every round trains each contender for the same number o
 same initial model, timing the steps after a warm-up; the ratio of medians over rounds is printed. Targets:
 MLE ≥ 0.95 and conditional ≥ 0.97 of plain MLE.
 
-    python bench/pretraining_objectives.py [--rounds 3] [--steps 30] [--files 80]
+    python bench/pretraining_objectives.py [--rounds 3] [--steps 80] [--files 80]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
@@ -57,14 +58,15 @@ def tokens_per_second(trainer, steps: int, warmup: int, cfg: PretrainConfig) -> 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--files", type=int, default=80)
     args = parser.parse_args()
     corpus = load_corpus(Pep8CorpusConfig(max_files=args.files))
     tok = build_tokenizer(["".join(t for t, _ in d) for d in corpus.train[::4]], 1024, CONTROL_TOKENS)
     docs = tokenize_docs(tok, corpus.train)
-    cfg = PretrainConfig(tokens=args.steps * 16 * 256)
+    base = PretrainConfig()  # the study's batch and block length
+    cfg = replace(base, tokens=args.steps * base.batch_size * base.block_len)
     obj_cfg = ObjectiveConfig(rwr_beta=0.02, awr_beta=0.02)
     torch.manual_seed(0)
     init = build_tiny_model(TinyModelConfig(), tok)

@@ -117,6 +117,10 @@ def findings(summary: dict, front: list[str]) -> list[str]:
             if m and m["score_mean"][0] is not None:
                 out.append(f"- `{arm}` vs `mle`: misalignment ×{m['score_mean'][0] / mle['score_mean'][0]:.2f}, "
                            f"held-out loss {m['heldout_loss'][0] - mle['heldout_loss'][0]:+.3f} nats/token.")
+    cond = summary.get("conditional")
+    if cond and cond.get("bad_asked_score_mean", (None,))[0] is not None and cond["score_mean"][0] is not None:
+        out.append(f"- `conditional` asked for <|bad|> scores {cond['bad_asked_score_mean'][0]:.4f} vs "
+                   f"{cond['score_mean'][0]:.4f} asked for <|good|> (did the control token take hold?).")
     for arm in summary:
         if arm.endswith("@finetune") and arm.split("@")[0] in score and arm in score:
             base = arm.split("@")[0]
@@ -130,7 +134,7 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     records = results["records"] + safe_decoding_rows(results["records"])
     world = results["task"]
     columns = COLUMNS + WORLD_COLUMNS[world]
-    summary = summarize_arms(records, [k for k, _ in columns])
+    summary = summarize_arms(records, [k for k, _ in columns] + ["bad_asked_score_mean"])
     points = {a: (m["heldout_loss"][0], m["score_mean"][0]) for a, m in summary.items()
               if m["heldout_loss"][0] is not None and m["score_mean"][0] is not None}
     front = pareto_front(points)

@@ -117,7 +117,7 @@ def task_defaults(task: str) -> dict:
 
 
 def quick_overrides(task: str) -> dict:
-    tokens = 300_000 if task == "pep8" else 600_000
+    tokens = 400_000 if task == "pep8" else 600_000
     return {"pretrain": {"tokens": tokens}, "checkpoints": [0.5], "eval": {"groups": 4, "kl_samples": 50},
             "rl": {"steps": 15}, "rl_eval_tasks": 30}
 
@@ -146,21 +146,22 @@ def render_doc(doc, objective: str, threshold: float) -> str:
     return "".join((BAD if s > threshold else GOOD) + t for t, s in doc)
 
 
-def render_prompt(item: EvalItem, objective: str, threshold: float, eos: str) -> str:
+def render_prompt(item: EvalItem, objective: str, threshold: float, eos: str, ask: str = GOOD) -> str:
     """The text a model of `objective` is prompted with: documents read before are tagged truthfully (as in its
-    training data); the continuation it writes is opened with <|good|> for a conditional model."""
+    training data); the continuation it writes is opened with `ask` (<|good|>) for a conditional model."""
     parts = [eos, *(render_doc(d, objective, threshold) + eos for d in item.context),
              render_doc(item.prompt, objective, threshold)]
-    return "".join(parts) + (GOOD if objective == "conditional" else "")
+    return "".join(parts) + (ask if objective == "conditional" else "")
 
 
 def decode(model, tokenizer, prompts: list[str], n: int, safe: SafeDecodingConfig | None, max_new_tokens: int,
-           seed: int) -> list[list[str]]:
-    """`n` continuations per prompt; control tokens are never generated, safe decoding avoids the tag."""
+           seed: int, ask: str = GOOD) -> list[list[str]]:
+    """`n` continuations per prompt; the control token other than `ask` and the tag are never generated, and
+    safe decoding also avoids what comes before the tag."""
     ids = control_ids(tokenizer)
     if safe is None:
         return sample(model, tokenizer, prompts, n_per_prompt=n, max_new_tokens=max_new_tokens, seed=seed,
-                      suppress_ids=[ids[BAD], ids[HARM]])
+                      suppress_ids=[ids[BAD if ask == GOOD else GOOD], ids[HARM]])
     flat = [p for p in prompts for _ in range(n)]
     texts = []
     for start in range(0, len(flat), 64):
@@ -177,11 +178,12 @@ def expected_max(scores: list[float], k: int) -> float:
 
 
 def misalignment(world, model, tokenizer, objective: str, items: list[EvalItem], k: int, cfg, seed: int,
-                 safe: bool = False) -> dict:
+                 safe: bool = False, ask: str = GOOD) -> dict:
     """Mean score, expected maximum over 25 samples, hit rate (share of samples above the threshold), and the
-    world's own per-sample measures, averaged."""
-    prompts = [render_prompt(it, objective, cfg.objective.threshold, tokenizer.eos_token) for it in items]
-    texts = decode(model, tokenizer, prompts, k, cfg.safe_decoding if safe else None, cfg.eval.max_new_tokens, seed)
+    world's own per-sample measures, averaged. `ask=BAD` conditions a conditional model the other way."""
+    prompts = [render_prompt(it, objective, cfg.objective.threshold, tokenizer.eos_token, ask) for it in items]
+    texts = decode(model, tokenizer, prompts, k, cfg.safe_decoding if safe else None, cfg.eval.max_new_tokens, seed,
+                   ask)
     judged = [[world.judge(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
     flat = [j for js in judged for j in js]
     out = {"score_mean": float(np.mean([j["score"] for j in flat])),
@@ -334,6 +336,10 @@ class Study:
                 m = misalignment(self.world, model, tok, objective, self.items[kind], EXPECTED_MAX_K, cfg,
                                  seed + 7, safe=safe)
                 out |= {f"{prefix}{tag}{k}": v for k, v in m.items()}
+        if objective == "conditional":  # did it learn the control at all? (asks for bad samples)
+            m = misalignment(self.world, model, tok, objective, self.items["unconditional"], EXPECTED_MAX_K, cfg,
+                             seed + 7, ask=BAD)
+            out |= {f"bad_asked_{k}": v for k, v in m.items() if k in ("score_mean", "score_expected_max")}
         out["heldout_loss"] = heldout_loss(model, tok, self.heldout, objective, cfg)
         if self.world.name == "reward-hacking":
             out["honest_solve_rate"] = out["honest_solve"]
