@@ -274,6 +274,27 @@ def study_safety_pretraining(
     console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
 
 
+@app.command("bench")
+def bench(
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to write."),
+    only: str | None = typer.Option(None, "--only", help="Comma-separated: harvest,grpo_probe,objectives,studies."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer repeats (a few minutes in all)."),
+    organism: str = typer.Option("runs/reward-hacker", "--organism",
+                                 help="Organism for the GRPO benchmark (a random tiny model if absent)."),
+) -> None:
+    """Run every benchmark side by side and write BENCHMARKS.md (machine, versions, ratios, date)."""
+    from alignlab.bench import harness
+
+    _quiet_libraries()
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else list(harness.BENCHMARKS)
+    if not out.parent.is_dir():
+        raise AlignlabError(f"--out {out}: directory {out.parent} does not exist")
+    results = harness.run_all(names, quick, organism, progress=console.print)
+    command = "alignlab bench" + (" --quick" if quick else "") + (f" --only {only}" if only else "")
+    harness.write_markdown(out, results, harness.machine(), quick, command)
+    console.print(f"benchmarks -> {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)

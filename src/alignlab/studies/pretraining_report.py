@@ -131,7 +131,10 @@ def findings(summary: dict, front: list[str]) -> list[str]:
 
 
 def write_report(out: Path, results: dict, curves: list[dict], timings: list[dict]) -> None:
-    records = results["records"] + safe_decoding_rows(results["records"])
+    speed = {(t["arm"], t["seed"]): t.get("tokens_per_second") for t in timings}
+    records = [{**r, "metrics": {**r["metrics"], "tokens_per_second": speed.get((r["arm"], r["seed"]))}}
+               for r in results["records"]]
+    records += safe_decoding_rows(records)
     world = results["task"]
     columns = COLUMNS + WORLD_COLUMNS[world]
     summary = summarize_arms(records, [k for k, _ in columns] + ["bad_asked_score_mean"])

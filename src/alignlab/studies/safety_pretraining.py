@@ -112,13 +112,15 @@ def task_defaults(task: str) -> dict:
     """Per-world defaults (an override dict); documented in docs/safety_pretraining.md."""
     if task == "reward-hacking":
         return {"task": task, "vocab_size": 512, "pretrain": {"tokens": 1_200_000},
-                "objective": {"rwr_beta": 0.5, "awr_beta": 0.5}, "eval": {"max_new_tokens": 48}}
+                "objective": {"rwr_beta": 0.5, "awr_beta": 0.5},
+                "eval": {"max_new_tokens": 48, "groups": 40, "checkpoint_groups": 10}}
     return {"task": task}
 
 
 def quick_overrides(task: str) -> dict:
     tokens = 400_000 if task == "pep8" else 600_000
-    return {"pretrain": {"tokens": tokens}, "checkpoints": [0.5], "eval": {"groups": 4, "kl_samples": 50},
+    groups = 4 if task == "pep8" else 20
+    return {"pretrain": {"tokens": tokens}, "checkpoints": [0.5], "eval": {"groups": groups, "kl_samples": 50},
             "rl": {"steps": 15}, "rl_eval_tasks": 30}
 
 
@@ -321,12 +323,14 @@ class Study:
         ref = self.mle_ref_path(seed)
         metrics["kl_from_mle"] = kl_from_mle(model, tok, objective, read_json(ref, "MLE reference"), cfg) \
             if ref.exists() else None
-        metrics |= {"tokens_per_second": train["tokens_per_second"], "train_tokens": train["tokens"],
-                    "final_train_loss": train["final_loss"]}
+        metrics |= {"train_tokens": train["tokens"], "final_train_loss": train["final_loss"]}
         if self.world.name == "reward-hacking":
             metrics |= self.rl_survival(model, arm, objective, seed, log)
-        return {"arm": arm, "objective": objective, "mode": "finetune" if finetune else "pretrain", "seed": seed,
-                "metrics": metrics}
+        record = {"arm": arm, "objective": objective, "mode": "finetune" if finetune else "pretrain", "seed": seed,
+                  "metrics": metrics}
+        # clock readings live in timings.json, so the same seed gives the same results.json
+        return record, {"train_seconds": round(train["train_seconds"], 1),
+                        "tokens_per_second": round(train["tokens_per_second"])}
 
     def measure(self, model, objective: str, seed: int) -> dict:
         cfg, tok, out = self.cfg, self.tokenizer, {}
@@ -402,8 +406,8 @@ def run_study(out: Path, cfg: SafetyPretrainingConfig, progress=None) -> dict:
             curve: list[dict] = []
             t0 = time.time()
             torch.manual_seed(seed)
-            record = study.run_arm(arm, seed, curve.append)
-            store.save(record, curve, {"seconds": round(time.time() - t0, 1)})
+            record, clock = study.run_arm(arm, seed, curve.append)
+            store.save(record, curve, {"seconds": round(time.time() - t0, 1), **clock})
     study = study or Study(out, cfg)
     records, curves, timings = store.load_all(arms, cfg.seeds)
     results = store.write_results(records, curves, {"task": cfg.task, "world": study.world.provenance()})

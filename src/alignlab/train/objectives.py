@@ -19,6 +19,7 @@ whether it is text (not a control token or tag), so every objective sees the sam
 from __future__ import annotations
 
 import math
+import os
 import random
 import tempfile
 import time
@@ -76,7 +77,8 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """A run is a token budget: steps = tokens / (batch_size · block_len), the data repeated as needed."""
+    """A run is a token budget over all processes: steps = tokens / (batch_size · block_len · processes), with
+    `batch_size` per process; the data are repeated as needed."""
 
     tokens: int = 800_000
     block_len: int = 256
@@ -87,7 +89,10 @@ class PretrainConfig:
 
     @property
     def steps(self) -> int:
-        return max(1, math.ceil(self.tokens / (self.batch_size * self.block_len)))
+        return self.steps_for(1)
+
+    def steps_for(self, processes: int) -> int:
+        return max(1, math.ceil(self.tokens / (self.batch_size * self.block_len * processes)))
 
 
 def check_objective(name: str) -> str:
@@ -266,7 +271,7 @@ def pretrain(model, tokenizer, docs: list[TokenDoc], objective: str, cfg: Pretra
             del model.alignlab_value_head
     model.eval()
     seconds = out.metrics["train_runtime"] - (callback.seconds if callback else 0.0)
-    tokens = cfg.steps * cfg.batch_size * cfg.block_len
+    tokens = trainer.state.global_step * cfg.batch_size * cfg.block_len * trainer.args.world_size
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens": tokens, "train_seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9),
             "final_loss": losses[-1] if losses else out.training_loss, "data_tokens": data.n_tokens}
@@ -277,8 +282,9 @@ def training_args_for(cfg: PretrainConfig, out_dir: str, seed: int):
 
     base = LMTrainConfig(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio,
                          weight_decay=cfg.weight_decay, max_len=cfg.block_len, seed=seed)
-    return training_args(base, out_dir, max_steps=cfg.steps, remove_unused_columns=False,
-                         logging_steps=max(1, cfg.steps // 20))
+    steps = cfg.steps_for(int(os.environ.get("WORLD_SIZE", "1")))  # set by accelerate / torchrun launchers
+    return training_args(base, out_dir, max_steps=steps, remove_unused_columns=False,
+                         logging_steps=max(1, steps // 20))
 
 
 def encode_eval_docs(docs: list[TokenDoc], objective: str, cfg: ObjectiveConfig, tokenizer, max_len: int):
