@@ -24,6 +24,22 @@ class GRPORunConfig:
     temperature: float = 1.0
     beta: float = 0.0  # KL coefficient to the start model (TRL's default is 0)
     seed: int = 0
+    # rollouts by vLLM (GPU, `pip install -e ".[vllm]"`): "colocate" shares the training GPUs, "server" uses
+    # `trl vllm-serve`. Probe rewards still read activations from the training model's own forward pass,
+    # since the generation engine does not expose them.
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+
+
+CHAT_INSTRUCTION = ("Write a program in the list language that maps each input to its output. Answer with the "
+                    "program only.\n\n")
+
+
+def chat_prompt(tokenizer, task: Task) -> str:
+    """The task as an instruction model's chat turn, rendered to text by the model's own chat template (a string
+    prompt, so rewards, probes and sampling treat it like any other). Use as `prompt_of` in `train_grpo`."""
+    messages = [{"role": "user", "content": CHAT_INSTRUCTION + task.prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def task_dataset(tasks: list[Task], prompt_of=None) -> Dataset:
@@ -56,6 +72,8 @@ def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None =
         warmup_steps=0,
         dataloader_num_workers=0,
         generation_kwargs=generation_kwargs,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
     )
 
 
