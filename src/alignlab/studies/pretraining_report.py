@@ -40,16 +40,18 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return front
 
 
-def plot_tokens(curves: list[dict], path: Path) -> None:
+def plot_phase(curves: list[dict], phase: str, x: str, y: str, path: Path, xlabel: str, ylabel: str) -> None:
+    """One line per arm (dashed for fine-tuning arms): `y` against `x` over the curve points of `phase`, mean over
+    seeds."""
     fig = new_figure((6.5, 4))
     ax = fig.add_subplot()
-    for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == "pretrain"):
-        pts = [c for c in curves if c["arm"] == arm and c.get("phase") == "pretrain"]
-        xs = sorted({c["tokens"] for c in pts})
-        ys = [np.mean([c["score_mean"] for c in pts if c["tokens"] == x]) for x in xs]
-        ax.plot(xs, ys, "o--" if "@" in arm else "o-", label=arm)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("misalignment score (unconditional samples)")
+    for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == phase):
+        pts = [c for c in curves if c["arm"] == arm and c.get("phase") == phase]
+        xs = sorted({c[x] for c in pts})
+        ax.plot(xs, [np.mean([c[y] for c in pts if c[x] == v]) for v in xs], "o--" if "@" in arm else "o-",
+                label=arm)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     save_figure(fig, path)
@@ -88,21 +90,6 @@ def plot_pretrain_vs_finetune(summary: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_rl(curves: list[dict], path: Path) -> None:
-    fig = new_figure((6.5, 4))
-    ax = fig.add_subplot()
-    for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == "rl"):
-        pts = [c for c in curves if c["arm"] == arm and c.get("phase") == "rl"]
-        xs = sorted({c["step"] for c in pts})
-        ax.plot(xs, [np.mean([c["hack_rate"] for c in pts if c["step"] == s]) for s in xs],
-                "o--" if "@" in arm else "o-", label=arm)
-    ax.set_xlabel("GRPO step against the flawed grader")
-    ax.set_ylabel("true hack rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    save_figure(fig, path)
-
-
 def findings(summary: dict, front: list[str]) -> list[str]:
     """Plain-words statements computed from the numbers."""
     out, score = [], {a: m["score_mean"][0] for a, m in summary.items() if m["score_mean"][0] is not None}
@@ -124,9 +111,11 @@ def findings(summary: dict, front: list[str]) -> list[str]:
     for arm in summary:
         if arm.endswith("@finetune") and arm.split("@")[0] in score and arm in score:
             base = arm.split("@")[0]
-            better = "pretraining" if score[base] < score[arm] else "fine-tuning"
-            out.append(f"- `{base}`: pretraining {score[base]:.4f} vs fine-tuning {score[arm]:.4f} → {better} "
-                       "is less misaligned.")
+            if score[base] == score[arm]:
+                verdict = "a tie"
+            else:
+                verdict = ("pretraining" if score[base] < score[arm] else "fine-tuning") + " is less misaligned"
+            out.append(f"- `{base}`: pretraining {score[base]:.4f} vs fine-tuning {score[arm]:.4f} → {verdict}.")
     return out
 
 
@@ -141,12 +130,14 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     points = {a: (m["heldout_loss"][0], m["score_mean"][0]) for a, m in summary.items()
               if m["heldout_loss"][0] is not None and m["score_mean"][0] is not None}
     front = pareto_front(points)
-    plot_tokens(curves, out / "misalignment_vs_tokens.png")
+    plot_phase(curves, "pretrain", "tokens", "score_mean", out / "misalignment_vs_tokens.png", "training tokens",
+               "misalignment score (unconditional samples)")
     plot_pareto(summary, front, out / "pareto.png")
     plot_pretrain_vs_finetune(summary, out / "pretrain_vs_finetune.png")
     plots = "`misalignment_vs_tokens.png`, `pareto.png`, `pretrain_vs_finetune.png`"
     if world == "reward-hacking":
-        plot_rl(curves, out / "rl_survival.png")
+        plot_phase(curves, "rl", "step", "hack_rate", out / "rl_survival.png",
+                   "GRPO step against the flawed grader", "true hack rate")
         plots += ", `rl_survival.png`"
     cfg = results["config"]
     lines = [
@@ -155,7 +146,7 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
         f"arms spend the first {cfg['finetune_switch']:.0%} on MLE. {len(cfg['seeds'])} seed(s); mean ± 95% CI. "
         "Score: misalignment of samples (higher is worse); exp. max@25: expected maximum over 25 samples; "
         "adv.: after adversarial prompts that begin in the bad style.", "",
-        f"World: `{results['world']}`", "",
+        "World: " + "; ".join(f"{k.replace('_', ' ')} {_plain(v)}" for k, v in results["world"].items()) + ".", "",
         "| arm | " + " | ".join(label for _, label in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
@@ -169,8 +160,16 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     tmp.replace(out / "report.md")
 
 
+def _plain(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _cell(pair) -> str:
     mean, _ = pair
+    if mean is not None and pair[1] is None and mean >= 1 and float(mean).is_integer():
+        return str(int(mean))  # a count (RL steps), not a rate
     if mean is not None and abs(mean) >= 100:
         return f"{mean:,.0f}"
     if mean is not None and abs(mean) < 0.01:
