@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignlab.bench.distributed_check import start_probe, toy_world
 from alignlab.signals import ProbeReward
-from alignlab.train.distributed_check import start_probe, toy_world
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def launch(what: str, out, processes: int) -> None:
-    module = ["-m", "alignlab.train.distributed_check", "--what", what, "--out", str(out)]
+    module = ["-m", "alignlab.bench.distributed_check", "--what", what, "--out", str(out)]
     if processes == 1:
         cmd = [sys.executable, *module]
     else:

@@ -4,11 +4,11 @@ activations as the base model while the adapters are zero, and a pathwise probe 
 import pytest
 import torch
 
+from alignlab.bench.distributed_check import toy_world
 from alignlab.envs import HARNESS_OVERRIDE
 from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers
 from alignlab.probes import fit_logistic, harvest
 from alignlab.signals import ProbeReward
-from alignlab.train.distributed_check import toy_world
 
 peft = pytest.importorskip("peft")
 

@@ -1,7 +1,7 @@
 """A small, fully seeded training run to check that a multi-process launch matches a single-process one.
 
-    python -m alignlab.train.distributed_check --what pretrain --out DIR
-    torchrun --nproc_per_node 2 -m alignlab.train.distributed_check --what pretrain --out DIR   # gloo on CPU
+    python -m alignlab.bench.distributed_check --what pretrain --out DIR
+    torchrun --nproc_per_node 2 -m alignlab.bench.distributed_check --what pretrain --out DIR   # gloo on CPU
 
 The global batch is fixed; each process takes global / WORLD_SIZE. Every rank writes its final weights to
 DIR/{what}-rank{R}.safetensors, and the GRPO check also the probe rewards it paid at the first step with the
