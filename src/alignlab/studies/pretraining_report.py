@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 
 from alignlab.artifacts import new_figure, save_figure
 from alignlab.studies.report import fmt, summarize_arms
@@ -45,6 +46,7 @@ def plot_phase(curves: list[dict], phase: str, x: str, y: str, path: Path, xlabe
     seeds."""
     fig = new_figure((6.5, 4))
     ax = fig.add_subplot()
+    ax.set_prop_cycle(color=colormaps["tab20"].colors)  # up to 20 arms, no colour reused
     for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == phase):
         pts = [c for c in curves if c["arm"] == arm and c.get("phase") == phase]
         xs = sorted({c[x] for c in pts})
