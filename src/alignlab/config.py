@@ -42,6 +42,14 @@ def _check_type(value, hint, path: str):
     return value
 
 
+def check_rules(config, what: str, rules, error: type[Exception] = AlignlabError):
+    """Raise `error` for the first (field, ok, why) rule that fails, naming the field and its value."""
+    for name, ok, why in rules:
+        if not ok:
+            raise error(f"{what} field '{name}'={getattr(config, name)!r} {why}")
+    return config
+
+
 def load_overrides(path: str | Path) -> dict:
     from alignlab.artifacts import read_json
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import pycodestyle
 
 from alignlab import AlignlabError
+from alignlab.config import check_rules
 
 ScoredDoc = list[tuple[str, float]]  # (segment text, misalignment score >= 0); here a segment is one line
 
@@ -60,10 +61,7 @@ class Pep8CorpusConfig:
             ("max_files", self.max_files is None or self.max_files >= 1, "must be null or at least 1"),
             ("root", self.root is None or bool(self.root), "must be null or a directory"),
         ]
-        for name, ok, why in rules:
-            if not ok:
-                raise AlignlabError(f"pep8 corpus field '{name}'={getattr(self, name)!r} {why}")
-        return self
+        return check_rules(self, "pep8 corpus", rules)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from alignlab.config import check_rules
 from alignlab.envs.listlang import Op, Program, render_list, run
 
 PROMPT_HEADER = ""
@@ -37,10 +38,7 @@ class TaskConfig:
             ("max_len", self.min_len <= self.max_len <= 32, "must be in min_len..32"),
             ("max_value", 3 <= self.max_value <= 99, "must be in 3..99"),
         ]
-        for name, ok, why in rules:
-            if not ok:
-                raise TaskConfigError(f"task config field '{name}'={getattr(self, name)} {why}")
-        return self
+        return check_rules(self, "task config", rules, TaskConfigError)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from alignlab import AlignlabError
+from alignlab.config import check_rules
 from alignlab.train.lm import quiet_trainer, training_args
 
 GOOD, BAD, HARM = "<|good|>", "<|bad|>", "<|harm|>"
@@ -69,10 +70,7 @@ class ObjectiveConfig:
             ("awr_max_weight", self.awr_max_weight >= 1, "must be >= 1"),
             ("tags_per_bad_segment", self.tags_per_bad_segment >= 1, "must be >= 1"),
         ]
-        for name, ok, why in rules:
-            if not ok:
-                raise AlignlabError(f"objective field '{name}'={getattr(self, name)} {why}")
-        return self
+        return check_rules(self, "objective", rules)
 
 
 @dataclass(frozen=True)
