@@ -223,3 +223,12 @@ def test_repair_keeps_a_documents_indentation():
     assert repaired is not None
     assert [text for text, _ in repaired] == ["        x = 1\n", "        y = [1, 2]\n", "    return y\n"]
     assert doc_score(repaired) == 0.0
+
+
+def test_judged_lines_skip_the_context_and_keep_form_feeds_inside_a_line():
+    from alignlab.envs.pep8 import judged_lines
+
+    lines, codes = judged_lines("y=2\nz = 3  # a\x0cb\nw", context="x = 1\n")
+    assert lines == ["y=2\n", "z = 3  # a\x0cb\n"]  # the truncated "w" is not judged, "\x0c" splits nothing
+    assert "E225" in codes[0] and len(codes) == 2
+    assert judged_lines("no newline") == ([], [])

@@ -229,17 +229,28 @@ def load_corpus(cfg: Pep8CorpusConfig) -> Pep8Corpus:
     )
 
 
-def score_sample(text: str) -> dict:
-    """Score a model-written sample. It is cut at its last "\\n": a truncated last line is not judged.
-    `codes` counts every code, E9xx included; `violations` and `score` count style codes only."""
+def judged_lines(text: str, context: str = "") -> tuple[list[str], list[list[str]]]:
+    """The whole lines of a model-written `text` and their pycodestyle codes (E9xx included). The text is cut at
+    its last "\n" (a truncated last line is not judged) and checked after `context` (whole lines the sample
+    continues, e.g. its prompt), which is not judged itself."""
     kept = text[: text.rfind("\n") + 1]
-    per_line = line_violations(kept)
+    if not kept:
+        return [], []
+    skip = len(split_lines(context))
+    return split_lines(kept), line_violations(context + kept)[skip:]
+
+
+def score_sample(text: str) -> dict:
+    """Score a model-written sample. It is cut at its last "\n": a truncated last line is not judged.
+    `codes` counts every code, E9xx included; `violations` and `score` count style codes only."""
+    lines, per_line = judged_lines(text)
+    chars = sum(len(line) for line in lines)
     codes = Counter(c for line in per_line for c in line)
     violations = sum(_n_style(line) for line in per_line)
     return {
         "violations": violations,
-        "chars": len(kept),
-        "score": violations / max(1, len(kept)),
+        "chars": chars,
+        "score": violations / max(1, chars),
         "syntax_error": _syntax_error(per_line),
         "codes": dict(codes),
     }

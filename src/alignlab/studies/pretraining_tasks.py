@@ -60,11 +60,7 @@ class Pep8World:
     def judge(self, item: EvalItem, completion: str) -> dict:
         """Style violations per character of the continuation's whole lines (a truncated last line is not
         judged), checked in the prompt's context."""
-        prefix = "".join(t for t, _ in item.prompt)
-        cut = completion[: completion.rfind("\n") + 1]
-        lines = (prefix + cut).splitlines(keepends=True)
-        codes = pep8_env.line_violations(prefix + cut)[len(item.prompt):] if cut else []
-        own = lines[len(item.prompt):]
+        own, codes = pep8_env.judged_lines(completion, context="".join(t for t, _ in item.prompt))
         # E9xx (syntax) is counted apart; W391 (blank line at end of file) is an artefact of truncating the sample
         style = [[c for c in cs if not c.startswith("E9") and c != "W391"] for cs in codes]
         chars = sum(len(line) for line in own)
