@@ -14,12 +14,14 @@ reward-hacking study (its `none` arm) to see whether safety pretraining survives
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
@@ -250,9 +252,7 @@ class Study:
         self.out, self.cfg = out, cfg
         self.world = make_world(cfg)
         self.tokenizer = build_tokenizer(self.world.tokenizer_texts(), cfg.vocab_size, CONTROL_TOKENS)
-        self.data = {"train": tokenize_docs(self.tokenizer, self.world.train_docs)}
-        if "repair" in cfg.arms:
-            self.data["repair"] = tokenize_docs(self.tokenizer, self.world.repair_corpus())
+        self._docs: dict[str, list] = {}
         self.heldout = tokenize_docs(self.tokenizer, self.world.held_out_good(cfg.eval.heldout_docs))
         self.items = {kind: self.world.eval_items(kind, cfg.eval.groups) for kind in ("unconditional", "adversarial")}
         if not self.heldout or not all(self.items.values()):
@@ -260,6 +260,14 @@ class Study:
                                 "give it more files or a larger held_out_fraction")
         self.shared = out / "shared"
         self.shared.mkdir(parents=True, exist_ok=True)
+
+    def docs(self, corpus: str) -> list:
+        """Tokenised training documents ("train" or "repair"), built on first use: a resumed study skips the
+        repair pass (autopep8 over the PEP8 corpus, about a minute) unless the repair arm still has to run."""
+        if corpus not in self._docs:
+            source = self.world.repair_corpus() if corpus == "repair" else self.world.train_docs
+            self._docs[corpus] = tokenize_docs(self.tokenizer, source)
+        return self._docs[corpus]
 
     # the MLE model's samples and their log-probabilities: the reference for every arm's KL
     def mle_ref_path(self, seed: int) -> Path:
@@ -284,7 +292,7 @@ class Study:
         path = self.shared / f"mle-prefix-seed{seed}"
         if not (path / "config.json").exists():
             model = new_model(self.cfg, self.tokenizer, seed)
-            pretrain(model, self.tokenizer, self.data["train"], "mle", self.prefix_budget, self.cfg.objective, seed)
+            pretrain(model, self.tokenizer, self.docs("train"), "mle", self.prefix_budget, self.cfg.objective, seed)
             tmp = self.shared / f".tmp-mle-prefix-seed{seed}"
             save_model(model, self.tokenizer, tmp)
             tmp.replace(path)
@@ -313,7 +321,7 @@ class Study:
                  "score_mean": mis["score_mean"], "heldout_loss": heldout_loss(m, tok, self.heldout, objective, cfg)})
 
         steps = sorted({max(1, round(f * budget.steps)) for f in cfg.checkpoints} - {budget.steps})
-        train = pretrain(model, tok, self.data["repair" if objective == "repair" else "train"], objective, budget,
+        train = pretrain(model, tok, self.docs("repair" if objective == "repair" else "train"), objective, budget,
                          cfg.objective, seed, checkpoint_steps=tuple(steps), on_checkpoint=checkpoint)
         metrics = self.measure(model, objective, seed)
         log({"arm": arm, "seed": seed, "phase": "pretrain", "tokens": (offset + budget.steps) * block,
@@ -352,9 +360,7 @@ class Study:
     def rl_survival(self, model, arm: str, objective: str, seed: int, log) -> dict:
         """GRPO against the flawed grader (the reward-hacking study's `none` arm) from this model: hack rate every
         few steps, and the first step at which half the samples hack."""
-        import random
 
-        from transformers import TrainerCallback
 
         cfg, tok, world = self.cfg, self.tokenizer, self.world
         rng = random.Random(seed + RL_TRAIN_SEED_OFFSET)

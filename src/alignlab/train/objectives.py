@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.config import check_rules
-from alignlab.train.lm import quiet_trainer, training_args
+from alignlab.train.lm import LMTrainConfig, quiet_trainer, training_args
 
 GOOD, BAD, HARM = "<|good|>", "<|bad|>", "<|harm|>"
 CONTROL_TOKENS = (GOOD, BAD, HARM)
@@ -276,8 +276,6 @@ def pretrain(model, tokenizer, docs: list[TokenDoc], objective: str, cfg: Pretra
 
 
 def training_args_for(cfg: PretrainConfig, out_dir: str, seed: int):
-    from alignlab.train.lm import LMTrainConfig
-
     base = LMTrainConfig(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio,
                          weight_decay=cfg.weight_decay, max_len=cfg.block_len, seed=seed)
     steps = cfg.steps_for(int(os.environ.get("WORLD_SIZE", "1")))  # set by accelerate / torchrun launchers
