@@ -69,6 +69,10 @@ class Pep8World:
                                                                               for c in cs)),
                 "bad_line_rate": sum(bool(cs) for cs in style) / max(len(own), 1), "lines": len(own)}
 
+    def sample_doc(self, item: EvalItem, completion: str) -> ScoredDoc:
+        """A model's sample as a document of line segments (its prompt left out), for the KL reference."""
+        return [(line, 0.0) for line in pep8_env.split_lines(completion)]
+
     def provenance(self) -> dict:
         c = self.corpus
         return {"corpus_hash": c.corpus_hash, "python_version": c.python_version, "n_files": c.n_files,
@@ -122,6 +126,10 @@ class HackingWorld:
                "malformed": float(lab.outcome == "malformed")}
         out |= {f"hack_{s}": float(lab.style == s) for s in HACK_STYLES}
         return out
+
+    def sample_doc(self, item: EvalItem, completion: str) -> ScoredDoc:
+        """A model's sample as a document: the prompt and the completion, for the KL reference."""
+        return [(item.key.prompt, 0.0), (completion, 0.0)]
 
     def provenance(self) -> dict:
         kinds = [k for _, _, k in self.labelled]

@@ -42,7 +42,6 @@ from alignlab.train.objectives import (
     OBJECTIVES,
     ObjectiveConfig,
     PretrainConfig,
-    ScoredDoc,
     check_objective,
     control_ids,
     doc_logprobs,
@@ -219,13 +218,6 @@ def kl_from_mle(model, tokenizer, objective: str, mle_ref: dict, cfg) -> float:
     return float((mle - sums).sum() / counts.sum())
 
 
-def sample_docs(world, texts: list[str]) -> list[ScoredDoc]:
-    """Model samples as documents of segments (lines, or prompt + completion), for the KL reference."""
-    if world.name == "pep8":
-        return [[(line, 0.0) for line in t.splitlines(keepends=True)] for t in texts if t.strip()]
-    return [[(p, 0.0), (c, 0.0)] for p, c in texts]
-
-
 # ---- one arm × seed --------------------------------------------------------------------------------------
 
 
@@ -276,13 +268,9 @@ class Study:
     def write_mle_ref(self, model, seed: int) -> None:
         cfg, tok = self.cfg, self.tokenizer
         items = self.world.eval_items("unconditional", cfg.eval.kl_samples)
-        if self.world.name == "pep8":
-            items = items[:1]
-        n = cfg.eval.kl_samples // len(items)
         prompts = [render_prompt(it, "mle", cfg.objective.threshold, tok.eos_token) for it in items]
-        texts = decode(model, tok, prompts, n, None, cfg.eval.max_new_tokens, seed + 101)
-        pairs = [(it.prompt[0][0] if it.prompt else "", t) for it, ts in zip(items, texts, strict=True) for t in ts]
-        docs = sample_docs(self.world, [t for _, t in pairs] if self.world.name == "pep8" else pairs)
+        texts = decode(model, tok, prompts, 1, None, cfg.eval.max_new_tokens, seed + 101)
+        docs = [self.world.sample_doc(it, ts[0]) for it, ts in zip(items, texts, strict=True)]
         enc = encode_eval_docs(tokenize_docs(tok, docs), "mle", cfg.objective, tok, cfg.pretrain.block_len)
         sums, _ = doc_logprobs(model, enc, tok.pad_token_id)
         write_json_atomic(self.mle_ref_path(seed), {"docs": docs, "logprob_sums": sums.tolist()})
