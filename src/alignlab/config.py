@@ -35,6 +35,11 @@ def _check_type(value, hint, path: str):
         if not isinstance(value, dict):
             raise AlignlabError(f"config field '{path}' must be an object")
         return {str(k): _check_type(v, value_type, f"{path}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise AlignlabError(f"config field '{path}' must be a list")
+        return tuple(_check_type(v, item_type, f"{path}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, bool, str) and (type(value) is not hint):
