@@ -410,21 +410,7 @@ def audit_game(
 def _audit_texts(model_dir: Path, data: Path | None, max_docs: int) -> list[str]:
     from alignlab.audit import game
 
-    path = data or model_dir / "training_data.jsonl"
-    if not path.is_file():
-        raise AlignlabError(f"--data: {path} does not exist (a JSONL file of {{\"text\": ...}} lines)")
-    texts = game.training_texts(path.parent) if path.name == "training_data.jsonl" else _jsonl_texts(path)
-    return texts[:max_docs]
-
-
-def _jsonl_texts(path: Path) -> list[str]:
-    texts = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            texts.append(json.loads(line)["text"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise AlignlabError(f"{path} line {i} is not a JSON object with a 'text' field") from None
-    return texts
+    return game.read_texts(data or model_dir / "training_data.jsonl")[:max_docs]
 
 
 @audit_app.command("sae")

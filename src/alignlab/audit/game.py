@@ -109,11 +109,12 @@ def load_sealed(path: str | Path):
     if info.get("format") != FORMAT:
         raise AlignlabError(f"{path / 'seal.json'} is not an {FORMAT} file")
     model, tokenizer = load_model(path)
-    return model, tokenizer, info, training_texts(path)
+    return model, tokenizer, info, read_texts(path / "training_data.jsonl")
 
 
-def training_texts(path: Path) -> list[str]:
-    data = Path(path) / "training_data.jsonl"
+def read_texts(data: str | Path) -> list[str]:
+    """The "text" of each line of a JSONL file (training_data.jsonl, or an auditor's own documents)."""
+    data = Path(data)
     if not data.is_file():
         raise AlignlabError(f"{data} does not exist")
     texts = []
