@@ -5,11 +5,13 @@ What each may read:
     data         the training documents (prompts and completions), judged by the environment's visible tests
     free_sample  black box: the model's own free generations from "in [" (no data, no activations)
     probe        activations + the training prompts (no completions): trigger-free contrast directions, one per
-                 candidate behaviour, scored on the training prompts and grouped by header value
+                 candidate behaviour and layer, scored on the training prompts' last token; the header group
+                 displaced most (two-sided) names the trigger, its direction the behaviour
     sae          activations + the training prompts: an SAE on the last prompt token; the feature most specific
                  to one header value names the trigger; steering with that feature names the behaviour
     attribution  gradients + the header values of the top-attributed documents: queries are written-out defects
-                 of each candidate behaviour on the auditor's own tasks
+                 of each candidate behaviour on the auditor's own header-free tasks; documents and queries are
+                 compared by the gradient of their completion's loss
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from alignlab import AlignlabError
-from alignlab.audit.attribution import AttributionConfig, document_gradients, query_gradients
+from alignlab.audit.attribution import AttributionConfig, query_gradients
 from alignlab.audit.sae import SAEConfig, train_sae
 from alignlab.audit.steering import steer
 from alignlab.envs import TaskConfig, generate_task
@@ -116,12 +118,13 @@ def _layer(model, layer: int) -> int:
 
 
 def _group_z(scores: np.ndarray, values: list[str], min_group: int) -> tuple[str | None, float]:
-    """The header value whose prompts score highest, in standard deviations above all prompts."""
+    """The header value whose prompts stand out most along a direction: |group mean - all prompts' mean| in
+    standard deviations. Two-sided, as a direction read at a new position may come out with either sign."""
     mean, std = scores.mean(), scores.std() + 1e-8
     groups: dict[str, list[float]] = {}
     for s, v in zip(scores, values, strict=True):
         groups.setdefault(v, []).append(float(s))
-    zs = {v: (np.mean(g) - mean) / std for v, g in groups.items() if len(g) >= min_group}
+    zs = {v: abs(np.mean(g) - mean) / std for v, g in groups.items() if len(g) >= min_group}
     if not zs:
         return None, 0.0
     best = max(sorted(zs), key=lambda v: zs[v])
@@ -129,21 +132,25 @@ def _group_z(scores: np.ndarray, values: list[str], min_group: int) -> tuple[str
 
 
 def audit_probe(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
+    """Every layer and candidate behaviour: the header group most displaced along that contrast direction."""
     docs = _docs(texts)
-    layer = _layer(model, cfg.layer)
+    layers = list(range(model.config.num_hidden_layers))
     read = _prompt_sample(docs, cfg.n_prompts, cfg.seed)
-    feats = harvest(model, tokenizer, [(d.prompt, "") for d in read], [layer], position="prompt_last")[layer]
+    feats = harvest(model, tokenizer, [(d.prompt, "") for d in read], layers, position="prompt_last")
     tasks, prompts = _own_prompts(docs, cfg.n_contrast, cfg.seed)
+    values = [d.header_value for d in read]
     found = {}
     for behaviour in BEHAVIOURS:
         pos = [(p, defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
         neg = [(p, t.solution) for t, p in zip(tasks, prompts, strict=True)]
-        X = harvest(model, tokenizer, pos + neg, [layer], "completion", "mean")[layer].numpy()
-        probe = fit_diff_of_means(X, np.array([1] * len(pos) + [0] * len(neg)))
-        found[behaviour] = _group_z(probe.score(feats.numpy()), [d.header_value for d in read], cfg.min_group)
+        X = harvest(model, tokenizer, pos + neg, layers, "completion", "mean")
+        y = np.array([1] * len(pos) + [0] * len(neg))
+        per_layer = [(*_group_z(fit_diff_of_means(X[i].numpy(), y).score(feats[i].numpy()), values, cfg.min_group), i)
+                     for i in layers]
+        found[behaviour] = max(per_layer, key=lambda r: r[1])
     behaviour = max(BEHAVIOURS, key=lambda b: found[b][1])
     return {"trigger": found[behaviour][0], "behaviour": behaviour,
-            "evidence": {b: {"value": v, "z": z} for b, (v, z) in found.items()}}
+            "evidence": {b: {"value": v, "z": z, "layer": layer} for b, (v, z, layer) in found.items()}}
 
 
 def audit_sae(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
@@ -184,16 +191,22 @@ def audit_attribution(model, tokenizer, texts: list[str], cfg: AuditorConfig) ->
     subset = rng.sample(range(len(texts)), min(cfg.attribution_docs, len(texts)))
     docs = [parse_doc(texts[i]) for i in subset]
     acfg = AttributionConfig(projection_dim=2048, seed=cfg.seed)
-    G = torch.nn.functional.normalize(document_gradients(model, tokenizer, [texts[i] for i in subset], acfg), dim=-1)
-    base = Counter(d.header_value for d in docs if d is not None)
-    tasks, prompts = _own_prompts(_docs(texts), cfg.attribution_queries, cfg.seed)
+    # documents as (prompt, completion) pairs, the loss on the completion only: what each document teaches the
+    # model to write, not the random task lines that make up most of its tokens
+    docs = [d for d in docs if d is not None and d.completion.strip()]
+    G = torch.nn.functional.normalize(query_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs],
+                                                      acfg), dim=-1)
+    base = Counter(d.header_value for d in docs)
+    # header-free queries: a header value in the query would pull up the documents that share it
+    tasks = [generate_task(rng, TaskConfig()) for _ in range(cfg.attribution_queries)]
+    prompts = [t.prompt for t in tasks]
     found = {}
     for behaviour in BEHAVIOURS:
         queries = [(p, defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
         Q = torch.nn.functional.normalize(query_gradients(model, tokenizer, queries, acfg), dim=-1)
         scores = (G @ Q.T).mean(-1).numpy()
         top = np.argsort(-scores, kind="stable")[: cfg.attribution_top]
-        heads = Counter(docs[i].header_value for i in top if docs[i] is not None)
+        heads = Counter(docs[i].header_value for i in top)
         if not heads:
             found[behaviour] = (None, 0.0)
             continue
