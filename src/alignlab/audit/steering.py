@@ -34,7 +34,7 @@ from alignlab import AlignlabError
 from alignlab.artifacts import new_figure, save_figure
 from alignlab.config import check_rules
 from alignlab.models.sampling import sample
-from alignlab.models.tap import find_decoder_layers, resolve_layers
+from alignlab.models.tap import config_value, find_decoder_layers, resolve_layers
 from alignlab.probes.probe import LinearProbe
 
 Mode = Literal["add", "ablate"]
@@ -101,12 +101,7 @@ def _as_matrix(acts, name: str) -> torch.Tensor:
 
 
 def _d_model(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    return getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    return config_value(model, "hidden_size", "n_embd")
 
 
 def _past_length(args: tuple, kwargs: dict) -> int:

@@ -38,13 +38,18 @@ def _get_path(obj, path: Sequence[str]):
     return obj
 
 
-def _n_hidden_layers(model: nn.Module) -> int | None:
+def config_value(model: nn.Module, *names: str) -> int | None:
+    """The first of `names` set on the model's (text) config; None for a bare module."""
     config = getattr(model, "config", None)
     if config is None:
         return None
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    return next((v for v in (getattr(config, n, None) for n in names) if v), None)
+
+
+def _n_hidden_layers(model: nn.Module) -> int | None:
+    return config_value(model, "num_hidden_layers", "n_layer")
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
