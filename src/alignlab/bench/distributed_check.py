@@ -108,7 +108,7 @@ def check_grpo(out: Path, probe_loss: bool = False) -> None:
     reward = RecordingReward(ProbeReward(probe, tokenizer, mode="continuous"))
 
     def live(trainer):
-        reward.inner.model = trainer.model  # the live policy, on this rank
+        reward.inner.attach(trainer)  # the live policy, on this rank
 
     cfg = GRPORunConfig(steps=3, prompts_per_step=GLOBAL_BATCH // 4 // world_size(), num_generations=4,
                         max_completion_length=16, learning_rate=1e-2)

