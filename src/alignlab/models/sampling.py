@@ -8,7 +8,8 @@ padding, a KV cache, temperature then softmax then `torch.multinomial` on the gl
 fed the pad token), so under a seed it draws the same tokens; what it leaves out is the per-step machinery of
 `generate` (logits-processor and stopping-criteria objects, kwarg re-preparation, output bookkeeping), and its
 growing cache is replaced by a preallocated one (a growing cache re-copies every layer's keys and values at every
-step: 60% of the decode time of the default organism at 64 x 48 tokens, measured). Only temperature and suppressed tokens are supported: no top-k/top-p.
+step: 60% of the decode time of the default organism at 64 x 48 tokens, measured). Only temperature and
+suppressed tokens are supported: no top-k/top-p.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def _generate_chunk(model, prompt_ids, max_new_tokens, eos_ids, pad_id, temperat
         inputs, positions = ids, _positions(mask)
         for step in range(max_new_tokens):
             logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           cache_position=cache_pos, use_cache=True, logits_to_keep=1).logits[:, -1].to(dtype=torch.float32, copy=True)
+                           cache_position=cache_pos, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = logits.to(dtype=torch.float32, copy=True)
             if suppress is not None:
                 logits[:, suppress] = float("-inf")
             if temperature > 0:
@@ -123,8 +125,9 @@ def _generate_chunk(model, prompt_ids, max_new_tokens, eos_ids, pad_id, temperat
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             inputs, positions, cache_pos = nxt[:, None], positions[:, -1:] + 1, cache_pos[-1:] + 1
             if tap and (not unfinished.any() or last):
+                # the last token's activations; nothing is sampled from this pass
                 model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                      cache_position=cache_pos, use_cache=True, logits_to_keep=1)  # the last token's activations, nothing sampled
+                      cache_position=cache_pos, use_cache=True, logits_to_keep=1)
                 break
     finally:
         if tap:
