@@ -81,8 +81,8 @@ class ProbeReward:
     starting model. Attached to a trainer whose `rollout_func` is a `FastRollout`, the live policy's scores ride
     on the rollout: the activations recorded while sampling (column `rollout_activations`) are scored directly,
     with no second forward pass; they are the same activations (the tests check it). Tokens are the policy's
-    own: `completion_ids` from TRL, the prompt encoded by the policy's tokenizer as TRL encodes it. `mode="flat"` pays -penalty above the probe threshold;
-    `mode="continuous"` pays -penalty × sigmoid(score - threshold). The forward pass stops after the probe's
+    own: `completion_ids` from TRL, the prompt encoded by the policy's tokenizer as TRL encodes it.
+    `mode="flat"` pays -penalty above the probe threshold; `mode="continuous"` pays -penalty × sigmoid(score - threshold). The forward pass stops after the probe's
     layer (early exit), so a frozen copy costs layers 0..L only.
     """
 
