@@ -82,8 +82,8 @@ class ProbeReward:
     on the rollout: the activations recorded while sampling (column `rollout_activations`) are scored directly,
     with no second forward pass; they are the same activations (the tests check it). Tokens are the policy's
     own: `completion_ids` from TRL, the prompt encoded by the policy's tokenizer as TRL encodes it.
-    `mode="flat"` pays -penalty above the probe threshold; `mode="continuous"` pays -penalty × sigmoid(score - threshold). The forward pass stops after the probe's
-    layer (early exit), so a frozen copy costs layers 0..L only.
+    `mode="flat"` pays -penalty above the probe threshold; `mode="continuous"` pays -penalty × sigmoid(score -
+    threshold). The forward pass stops after the probe's layer (early exit), so a frozen copy costs layers 0..L.
     """
 
     def __init__(self, probe: LinearProbe, tokenizer, model=None, penalty: float = 1.0, mode: str = "flat",
