@@ -13,7 +13,7 @@ from alignlab import AlignlabError
 from alignlab.artifacts import versions
 from alignlab.bench.common import fmt_target, fmt_value, verdict
 
-BENCHMARKS = ("harvest", "grpo_probe", "objectives", "attribution", "studies")
+BENCHMARKS = ("harvest", "grpo_step", "objectives", "attribution", "studies")
 
 
 def machine() -> dict:
@@ -27,12 +27,12 @@ def machine() -> dict:
 
 
 def run_all(names: list[str], quick: bool, organism: str, progress=print) -> list[dict]:
-    from alignlab.bench import attribution, grpo_probe, harvest, objectives, studies
+    from alignlab.bench import attribution, grpo_step, harvest, objectives, studies
 
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         raise AlignlabError(f"unknown benchmarks {sorted(unknown)}: choose from {', '.join(BENCHMARKS)}")
-    runners = {"harvest": lambda: harvest.run(quick), "grpo_probe": lambda: grpo_probe.run(quick, organism),
+    runners = {"harvest": lambda: harvest.run(quick), "grpo_step": lambda: grpo_step.run(quick, organism),
                "objectives": lambda: objectives.run(quick), "attribution": lambda: attribution.run(quick),
                "studies": lambda: studies.run()}
     results = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StaticCache
 
-from alignlab.models.tap import ActivationTap
+from alignlab.models.tap import find_decoder_layers, resolve_layers
 
 
 @dataclass
@@ -88,61 +88,100 @@ def generate_ids(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: 
 def _generate_chunk(model, prompt_ids, max_new_tokens, eos_ids, pad_id, temperature, suppress_ids,
                     capture_layers) -> Rollout:
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, pad_id, device)
-    batch, width = ids.shape
+    n_rows = len(prompt_ids)
+    # each distinct prompt is prefilled once (GRPO repeats every prompt num_generations times), then its cache
+    # rows are copied to the rows that share it
+    first: dict[tuple, int] = {}
+    row_of = torch.tensor([first.setdefault(tuple(p), len(first)) for p in prompt_ids], device=device)
+    ids, prompt_mask = _left_pad([list(k) for k in first], pad_id, device)
+    width = ids.shape[1]
     eos = torch.tensor(eos_ids, device=device)
     suppress = torch.tensor(list(suppress_ids), device=device) if suppress_ids else None
-    unfinished = torch.ones(batch, dtype=torch.long, device=device)
     cache = _static_cache(model, width + max_new_tokens + 1)
-    cache_pos = torch.arange(width, device=device)
-    tokens, logps = [], []
-    tap = ActivationTap(model, capture_layers, accumulate=True) if capture_layers else None
-    if tap:
-        tap.__enter__()
+    tokens = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long)
+    logps = torch.zeros((n_rows, max_new_tokens))
+    lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long)
+    hooks = _CaptureHooks(model, capture_layers) if capture_layers else None
     try:
-        inputs, positions = ids, _positions(mask)
+        positions = _positions(prompt_mask)
+        logits = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache,
+                       cache_position=torch.arange(width, device=device), use_cache=True, logits_to_keep=1).logits
+        if len(first) < n_rows:
+            cache.reorder_cache(row_of)
+        mask, positions = prompt_mask[row_of], positions[row_of, -1:]
+        active = torch.arange(n_rows, device=device)  # original row of each batch row
+        feeding = torch.ones(n_rows, dtype=torch.bool, device=device)  # rows still sampling (not only being fed)
+        logits = logits[row_of, -1]
         for step in range(max_new_tokens):
-            logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           cache_position=cache_pos, use_cache=True, logits_to_keep=1).logits[:, -1]
             logits = logits.to(dtype=torch.float32, copy=True)
             if suppress is not None:
                 logits[:, suppress] = float("-inf")
-            if temperature > 0:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
-                logp = torch.log(probs.gather(1, nxt[:, None])[:, 0])
-            else:
-                nxt = logits.argmax(-1)
-                logp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0]
-            nxt = nxt * unfinished + pad_id * (1 - unfinished)
-            tokens.append(nxt)
-            logps.append(logp)
-            unfinished = unfinished & ~torch.isin(nxt, eos)
-            last = step == max_new_tokens - 1
-            if (not unfinished.any() or last) and not tap:
+            # Gumbel-max on noise drawn for every original row: a row's draw does not depend on which other rows
+            # are still in the batch, so dropping finished rows changes nothing
+            noise = -torch.log(-torch.log(torch.rand(n_rows, logits.shape[-1]).clamp_(1e-20, 1.0)))[active.cpu()]
+            scaled = logits / temperature if temperature > 0 else logits
+            nxt = (scaled + noise.to(device)).argmax(-1) if temperature > 0 else logits.argmax(-1)
+            logp = torch.log_softmax(scaled, -1).gather(1, nxt[:, None])[:, 0]
+            rows = active[feeding].cpu()
+            tokens[rows, step] = nxt[feeding].cpu()
+            logps[rows, step] = logp[feeding].cpu()
+            ended = feeding & torch.isin(nxt, eos)
+            lengths[active[ended].cpu()] = step + 1
+            # rows done: drop them; with a tap, a row is kept one step more so its last token is fed through
+            keep = (feeding & ~ended) | (ended if capture_layers else torch.zeros_like(ended))
+            feeding = feeding & ~ended
+            if step == max_new_tokens - 1:
+                keep = feeding | ended if capture_layers else torch.zeros_like(keep)
+                feeding = torch.zeros_like(feeding)
+            if not keep.any():
                 break
-            # feed the new token: its cache entry (and, for a tap, its activations) become available
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            inputs, positions, cache_pos = nxt[:, None], positions[:, -1:] + 1, cache_pos[-1:] + 1
-            if tap and (not unfinished.any() or last):
-                # the last token's activations; nothing is sampled from this pass
-                model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                      cache_position=cache_pos, use_cache=True, logits_to_keep=1)
-                break
+            if not keep.all():
+                idx = keep.nonzero()[:, 0]
+                cache.reorder_cache(idx)
+                mask, positions, active, feeding, nxt = mask[idx], positions[idx], active[idx], feeding[idx], nxt[idx]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            positions = positions + 1
+            if hooks:
+                hooks.rows = active.cpu()
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           cache_position=torch.tensor([mask.shape[1] - 1], device=device), use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+            if not feeding.any():
+                break  # the last tokens have been fed for the tap
     finally:
-        if tap:
-            tap.__exit__(None, None, None)
-    sampled = torch.stack(tokens, dim=1).cpu()
-    logp_t = torch.stack(logps, dim=1).cpu()
-    is_eos = torch.isin(sampled, eos.cpu())
-    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full((batch,), sampled.shape[1]))
-    out = Rollout([sampled[i, :n].tolist() for i, n in enumerate(lengths.tolist())],
-                  [logp_t[i, :n].tolist() for i, n in enumerate(lengths.tolist())], {})
-    if tap:
-        for layer, acts in tap.activations.items():
-            acts = acts[:, width:].float().cpu()  # completion positions only
-            out.activations[layer] = [acts[i, :n] for i, n in enumerate(lengths.tolist())]
+        if hooks:
+            hooks.remove()
+    lengths = lengths.tolist()
+    out = Rollout([tokens[i, :n].tolist() for i, n in enumerate(lengths)],
+                  [logps[i, :n].tolist() for i, n in enumerate(lengths)], {})
+    for layer, steps in (hooks.captured.items() if hooks else ()):
+        acts = torch.zeros(n_rows, max_new_tokens, steps[0][1].shape[-1]) if steps else torch.zeros(n_rows, 0, 0)
+        for t, (rows, hidden) in enumerate(steps):
+            acts[rows, t] = hidden
+        out.activations[layer] = [acts[i, :n] for i, n in enumerate(lengths)]
     return out
+
+
+class _CaptureHooks:
+    """Forward hooks that record, for each decode call (one new token per row), the layer's output per original
+    row (`rows`, set before each call). The prefill (rows unset) is not recorded: it holds no completion token."""
+
+    def __init__(self, model, layers: Sequence[int]):
+        blocks = find_decoder_layers(model)
+        self.captured: dict[int, list] = {layer: [] for layer in resolve_layers(layers, len(blocks))}
+        self.rows = None
+        self.handles = [blocks[layer].register_forward_hook(self._hook(layer)) for layer in self.captured]
+
+    def _hook(self, layer):
+        def hook(module, args, output):
+            if self.rows is not None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                self.captured[layer].append((self.rows, hidden[:, -1].detach().float().cpu()))
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
 
 @torch.no_grad()

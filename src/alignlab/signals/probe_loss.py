@@ -1,9 +1,12 @@
-"""The pathwise probe term: λ · softplus(probe logit) of the policy's own activations, added to the GRPO loss,
-with gradients flowing through the activations (the probe's weights are frozen).
+"""The pathwise probe term: λ · f(probe logit) of the policy's own activations, added to the GRPO loss, with
+gradients flowing through the activations (the probe's weights are frozen). Three forms of f (`term`):
 
-softplus(z) = -log(1 - sigmoid(z)) is the probe's cross-entropy toward "honest": it behaves like the raw logit
-while the probe fires and flattens once it stops. The raw logit is unbounded below, and minimising it wrecked
-the tiny policy (94% malformed samples, KL 60 nats after 25 steps at λ=1, measured); `term="logit"` keeps it.
+- "softplus" (default): softplus(z) = -log(1 - sigmoid(z)), the probe's cross-entropy toward "honest": it
+  behaves like the raw logit while the probe fires and flattens once it stops.
+- "sigmoid": sigmoid(z), the probe's probability of "hack": bounded, its gradient vanishes far from the
+  decision boundary on both sides.
+- "logit": z itself, unbounded below; minimising it wrecked the tiny policy (94% malformed samples, KL 60 nats
+  after 25 steps at λ=1, measured).
 
 A small `GRPOTrainer` subclass. It wraps TRL's private `_compute_loss(model, inputs)` (checked in TRL 1.16,
 pinned in pyproject; tests assert the hook point still exists): an ActivationTap with `detach=False` on the
@@ -19,11 +22,23 @@ from trl import GRPOTrainer
 from alignlab.models.tap import ActivationTap, aggregate
 from alignlab.probes.probe import LinearProbe
 
+TERMS = {"softplus": torch.nn.functional.softplus, "sigmoid": torch.sigmoid, "logit": lambda z: z}
+
 
 class ProbeLossGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` plus λ · f(probe logit) (see the module docstring), everything else as TRL has it.
+
+    Arguments beyond GRPOTrainer's: `probe` (a completion-position LinearProbe; its `metadata["layer"]` is the
+    tapped decoder layer, `metadata["aggregation"]` how completion tokens are pooled, default mean),
+    `probe_lambda` (λ ≥ 0), `term` ("softplus", "sigmoid" or "logit"). Logged: `probe_logit`, the batch's mean
+    probe logit per optimiser step, beside TRL's own keys. The tiny Llama has no dropout, so the captured
+    activations are those the policy samples with; a model with dropout sees a noisier probe in training.
+    Gradient checkpointing re-runs the forward in the backward and would fire the tap twice: keep it off.
+    """
+
     def __init__(self, *args, probe: LinearProbe, probe_lambda: float = 0.1, term: str = "softplus", **kwargs):
-        if term not in ("softplus", "logit"):
-            raise ValueError(f"probe loss term must be softplus or logit, got {term!r}")
+        if term not in TERMS:
+            raise ValueError(f"probe loss term must be one of {sorted(TERMS)}, got {term!r}")
         super().__init__(*args, **kwargs)
         self.term = term
         self.probe = probe
@@ -45,5 +60,5 @@ class ProbeLossGRPOTrainer(GRPOTrainer):
         logits = self.probe.score(feats)
         self.last_probe_logit = float(logits.mean().detach())
         self._metrics["train"]["probe_logit"].append(self.last_probe_logit)
-        penalty = torch.nn.functional.softplus(logits) if self.term == "softplus" else logits
+        penalty = TERMS[self.term](logits)
         return loss + self.probe_lambda * penalty.mean().to(loss.dtype)
