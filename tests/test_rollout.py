@@ -160,7 +160,7 @@ def test_fast_rollout_refuses_settings_it_does_not_implement(tiny, tasks, tmp_pa
     args = grpo_args(GRPORunConfig(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4),
                      str(tmp_path))
     args.top_p = 0.9
-    trainer = GRPOTrainer(model=model, reward_funcs=[GraderReward(tasks)], args=args,
+    trainer = GRPOTrainer(model=copy.deepcopy(model), reward_funcs=[GraderReward(tasks)], args=args,
                           train_dataset=task_dataset(tasks), processing_class=tokenizer, rollout_func=FastRollout())
     with pytest.raises(AlignlabError, match="top_p"):
         trainer.rollout_func(["in [1] out [1]\nprogram:\n"], trainer)
@@ -183,3 +183,67 @@ def test_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert not args.gradient_checkpointing
     with pytest.raises(ValueError, match="precision"):
         hardware.resolve_precision("fp8")
+
+
+def _trl_batch(tokenizer, tasks, completions_per_prompt=3):
+    """A GRPO-shaped batch: prompts left-padded, each repeated, completions of different lengths right-padded."""
+    from trl.trainer.utils import pad
+
+    rows_p, rows_c = [], []
+    for t in tasks[:4]:
+        for k in range(completions_per_prompt):
+            rows_p.append(torch.tensor(tokenizer(t.prompt)["input_ids"]))
+            text = [t.solution, HARNESS_OVERRIDE, t.solution + "\n" + t.solution][k % 3]
+            rows_c.append(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]
+                                       + [tokenizer.eos_token_id]))
+    p = pad(rows_p, padding_value=tokenizer.pad_token_id, padding_side="left")
+    pm = pad([torch.ones_like(r) for r in rows_p], padding_value=0, padding_side="left")
+    c = pad(rows_c, padding_value=tokenizer.pad_token_id, padding_side="right")
+    cm = pad([torch.ones_like(r) for r in rows_c], padding_value=0, padding_side="right")
+    return torch.cat([p, c], 1), torch.cat([pm, cm], 1), c.shape[1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prefix_logps_equal_trls_forward(tiny, tasks, arch, tmp_path):
+    """Same log-probabilities, entropies and gradients as TRL's own (fused-head) forward, to float rounding."""
+    from trl import GRPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from alignlab.train.fast_grpo import shared_prefix_logps
+
+    model, tokenizer = tiny
+    if arch == "gpt2":  # learnt absolute positions: equal only if positions are TRL's, not shifted
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                           n_positions=256)).eval()
+    model = copy.deepcopy(model)
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    ids, mask, n_completion = _trl_batch(tokenizer, tasks)
+
+    class Host:  # the bits of a trainer TRL's method reads
+        accelerator = type("A", (), {"autocast": staticmethod(lambda: torch.autocast("cpu", enabled=False)),
+                                     "is_main_process": True})()
+
+    ref, ref_ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(Host(), model, ids, mask, n_completion,
+                                                                      compute_entropy=True)
+    ref.sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got, ent = shared_prefix_logps(model, ids, mask, n_completion, temperature=0.7, compute_entropy=True)
+    got.sum().backward()
+    assert got.shape == ref.shape == (len(ids), n_completion)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
+    for g, r in zip((p.grad for p in model.parameters()), ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_trainer_keeps_trls_hook_points():
+    from trl import GRPOTrainer
+
+    assert callable(getattr(GRPOTrainer, "_get_per_token_logps_and_entropies", None))
+    import inspect
+
+    assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters

@@ -102,3 +102,38 @@ def test_the_documented_trl_example_runs(smoke_organism, tmp_path, monkeypatch):
                                       "--steps", "1"])
     runpy.run_path(str(example), run_name="__main__")
     assert (tmp_path / "grpo-probe-reward").is_dir()
+
+
+def test_probe_loss_is_the_same_through_the_shared_prefix_forward(smoke_organism):
+    """The pathwise term reads the same completion activations whether TRL's forward or the shared-prefix one
+    ran: equal loss and probe logit, prompts repeated as GRPO repeats them."""
+    import copy
+
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from alignlab.organisms.reward_hacker import load_organism
+
+    model, tokenizer, _ = load_organism(smoke_organism)
+    rng = np.random.default_rng(0)
+    probe = fit_logistic(rng.standard_normal((40, model.config.hidden_size)), np.arange(40) % 2,
+                         metadata={"layer": 1})
+    prompt = torch.tensor([[1, 5, 6, 7], [1, 5, 6, 7], [3, 9, 9, 9], [3, 9, 9, 9]])
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
+    completion = torch.tensor([[8, 9, 0, 1], [8, 0, 1, 1], [4, 4, 4, 0], [0, 1, 1, 1]])
+    inputs = {"prompt_ids": prompt, "prompt_mask": prompt_mask, "completion_ids": completion,
+              "completion_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]),
+              "advantages": torch.tensor([0.5, -0.5, 1.0, -1.0]), "num_items_in_batch": torch.tensor(10.0)}
+    out = {}
+    for fast in (False, True):
+        args = GRPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=4, num_generations=2,
+                          use_cpu=True, report_to=[], max_completion_length=4, bf16=False,
+                          gradient_checkpointing=False)
+        trainer = ProbeLossGRPOTrainer(model=copy.deepcopy(model), reward_funcs=[lambda completions, **_: [0.0]],
+                                       args=args, train_dataset=Dataset.from_dict({"prompt": ["x"] * 4}),
+                                       processing_class=tokenizer, probe=probe, probe_lambda=2.0, fast=fast)
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.model.train()
+        loss = trainer._compute_loss(trainer.model, inputs)
+        out[fast] = (float(loss.detach()), trainer.last_probe_logit)
+    assert out[True] == pytest.approx(out[False], abs=1e-5)

@@ -98,9 +98,8 @@ def start_probe(tokenizer, model, tasks):
 
 def check_grpo(out: Path, probe_loss: bool = False) -> None:
     """GRPO + live-policy probe reward; with `probe_loss`, the pathwise probe-loss trainer as well."""
-    from trl import GRPOTrainer
-
     from alignlab.signals import GraderReward, ProbeLossGRPOTrainer, ProbeReward
+    from alignlab.train.fast_grpo import FastGRPOTrainer
     from alignlab.train.grpo import GRPORunConfig, train_grpo
 
     tasks, tokenizer, model = toy_world()
@@ -113,7 +112,7 @@ def check_grpo(out: Path, probe_loss: bool = False) -> None:
     cfg = GRPORunConfig(steps=3, prompts_per_step=GLOBAL_BATCH // 4 // world_size(), num_generations=4,
                         max_completion_length=16, learning_rate=1e-2)
     trainer_cls, kwargs = (ProbeLossGRPOTrainer, {"probe": probe, "probe_lambda": 0.1}) if probe_loss \
-        else (GRPOTrainer, {})
+        else (FastGRPOTrainer, {})
     train_grpo(model, tokenizer, tasks, [GraderReward(tasks), reward], cfg, trainer_cls=trainer_cls,
                trainer_kwargs=kwargs, on_trainer=live)
     name = "grpo-probe-loss" if probe_loss else "grpo"

@@ -21,12 +21,14 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from trl import GRPOTrainer
 
 from alignlab.bench.common import print_result, row
 from alignlab.envs import HARNESS_OVERRIDE, TaskConfig, generate_task
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model
 from alignlab.probes import fit_logistic, harvest
 from alignlab.signals import GraderReward, ProbeReward
+from alignlab.train.fast_grpo import FastGRPOTrainer
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.hardware import resolve_precision
 
@@ -53,7 +55,7 @@ def contender(name: str, precision: str) -> GRPORunConfig:
     """'plain': TRL as it comes (its generate, gradient checkpointing on) at `precision`; 'fast': alignlab's."""
     base = GRPORunConfig(precision=precision)
     if name.startswith("plain"):
-        return replace(base, rollout="trl", gradient_checkpointing=True)
+        return replace(base, fast=False, gradient_checkpointing=True)
     return base
 
 
@@ -74,7 +76,9 @@ def time_steps(base, tokenizer, tasks, probe, cfg: GRPORunConfig, with_probe: bo
                 _time(trainer, method, phase, phases)
         started.append(time.perf_counter())
 
-    train_grpo(model, tokenizer, tasks, rewards, cfg, on_trainer=hook)
+    # the plain contender is TRL's own class, not ours with fast=False
+    trainer_cls = FastGRPOTrainer if cfg.fast else GRPOTrainer
+    train_grpo(model, tokenizer, tasks, rewards, cfg, on_trainer=hook, trainer_cls=trainer_cls)
     return (time.perf_counter() - started[0]) / cfg.steps
 
 

@@ -8,25 +8,27 @@ gradients flowing through the activations (the probe's weights are frozen). Thre
 - "logit": z itself, unbounded below; minimising it wrecked the tiny policy (94% malformed samples, KL 60 nats
   after 25 steps at λ=1, measured).
 
-A small `GRPOTrainer` subclass. It wraps TRL's private `_compute_loss(model, inputs)` (checked in TRL 1.16,
+A small `FastGRPOTrainer` subclass. It wraps TRL's private `_compute_loss(model, inputs)` (checked in TRL 1.16,
 pinned in pyproject; tests assert the hook point still exists): an ActivationTap with `detach=False` on the
-probe's layer captures the training forward pass, and the completion tokens are the last
-`completion_ids.size(1)` positions of the sequence, selected by `inputs["completion_mask"]`.
+probe's layer captures the training forward pass, and the completion tokens (the last positions of TRL's
+forward, or all positions of the shared-prefix forward's completion pass) are selected by
+`inputs["completion_mask"]`.
 """
 
 from __future__ import annotations
 
 import torch
-from trl import GRPOTrainer
 
 from alignlab.models.tap import ActivationTap, aggregate
 from alignlab.probes.probe import LinearProbe
+from alignlab.train.fast_grpo import FastGRPOTrainer
 
 TERMS = {"softplus": torch.nn.functional.softplus, "sigmoid": torch.sigmoid, "logit": lambda z: z}
 
 
-class ProbeLossGRPOTrainer(GRPOTrainer):
-    """`GRPOTrainer` plus λ · f(probe logit) (see the module docstring), everything else as TRL has it.
+class ProbeLossGRPOTrainer(FastGRPOTrainer):
+    """`FastGRPOTrainer` (TRL's GRPOTrainer; `fast=False` for TRL's own generation and forward) plus
+    λ · f(probe logit) (see the module docstring), everything else as TRL has it.
 
     Arguments beyond GRPOTrainer's: `probe` (a completion-position LinearProbe; its `metadata["layer"]` is the
     tapped decoder layer, `metadata["aggregation"]` how completion tokens are pooled, default mean),
@@ -50,9 +52,12 @@ class ProbeLossGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         with ActivationTap(model, [self.probe_layer], detach=False) as tap:
             loss = super()._compute_loss(model, inputs)
-        acts = tap.activations[tap.layers[0]]  # [B, prompt + completion, D], in the autograd graph
+        # in the autograd graph: [B, prompt + completion, D] from TRL's forward, or [B, C', D] for the C' real
+        # completion positions from the shared-prefix forward (the last call the tap saw)
+        acts = tap.activations[tap.layers[0]]
         completion_mask = inputs["completion_mask"].bool()
-        acts = acts[:, -completion_mask.shape[1] :]
+        width = min(acts.shape[1], completion_mask.shape[1])
+        acts, completion_mask = acts[:, -width:] if width < acts.shape[1] else acts, completion_mask[:, :width]
         keep = completion_mask.any(-1)  # an empty completion has nothing to pool
         if not keep.any():
             return loss

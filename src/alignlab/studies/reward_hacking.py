@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from trl import GRPOTrainer
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
@@ -34,6 +33,7 @@ from alignlab.probes.harvest import harvest, left_pad
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
 from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
+from alignlab.train.fast_grpo import FastGRPOTrainer
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import EveryNSteps
 
@@ -244,7 +244,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     rng = random.Random(seed + TRAIN_SEED_OFFSET)
     tasks = [generate_task(rng, task_cfg) for _ in range(cfg.n_train_tasks)]
     rewards: list = [GraderReward(tasks)]
-    trainer_cls, trainer_kwargs, on_trainer = GRPOTrainer, {}, None
+    trainer_cls, trainer_kwargs, on_trainer = FastGRPOTrainer, {}, None
     if arm in ("probe_reward", "probe_reward_frozen"):
         reward = ProbeReward(probe, tokenizer, model=start if arm == "probe_reward_frozen" else None,
                              penalty=cfg.penalty, mode=cfg.penalty_mode)

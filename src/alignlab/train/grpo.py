@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
 from alignlab.envs import Task
+from alignlab.train.fast_grpo import FastGRPOTrainer
 from alignlab.train.hardware import resolve_precision
 from alignlab.train.lm import quiet_trainer
-from alignlab.train.rollout import FastRollout
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class GRPORunConfig:
     # off: the tiny default model needs no activation memory saving, and recomputing the forward pass in the
     # backward costs time (TRL defaults it on)
     gradient_checkpointing: bool = False
-    # "fast": alignlab's `FastRollout` through TRL's rollout_func (same tokens as HF generate under a seed);
-    # "trl": TRL's own `model.generate` path. vLLM (use_vllm) always uses TRL's path.
-    rollout: str = "fast"
+    # alignlab's FastGRPOTrainer: FastRollout sampling and shared-prefix log-probabilities (train/fast_grpo.py);
+    # False: TRL's own generate and forward. vLLM (use_vllm) always samples through TRL.
+    fast: bool = True
 
 
 CHAT_INSTRUCTION = ("Write a program in the list language that maps each input to its output. Answer with the "
@@ -93,14 +93,14 @@ def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None =
 
 
 def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRPORunConfig,
-               trainer_cls=GRPOTrainer, trainer_kwargs: dict | None = None, on_trainer=None, prompt_of=None,
+               trainer_cls=FastGRPOTrainer, trainer_kwargs: dict | None = None, on_trainer=None, prompt_of=None,
                generation_kwargs: dict | None = None) -> list[dict]:
     """Run GRPO in place on `model`. `on_trainer(trainer)` runs before training (e.g. to point a live-policy
     probe reward at `trainer.model`); `prompt_of` and `generation_kwargs` condition the rollouts (e.g. a
     control token, a suppressed token). Returns the log history."""
     kwargs = dict(trainer_kwargs or {})
-    if cfg.rollout == "fast" and not cfg.use_vllm:
-        kwargs.setdefault("rollout_func", FastRollout())
+    if issubclass(trainer_cls, FastGRPOTrainer):
+        kwargs.setdefault("fast", cfg.fast and not cfg.use_vllm)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
                               train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer, **kwargs)
