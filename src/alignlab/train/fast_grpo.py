@@ -12,8 +12,8 @@ costs of small-model RL removed:
 
 The shared-prefix path runs only where it is exactly TRL's computation: an unwrapped, single-process text
 model without gradient checkpointing (which disables the cache), multimodal inputs, MoE auxiliary losses,
-logit scaling or an fp32-cast LM head. Anything else takes TRL's own `_get_per_token_logps_and_entropies` (a private method: TRL is
-pinned in pyproject and the tests check the hook point still exists).
+logit scaling or an fp32-cast LM head. Anything else takes TRL's own `_get_per_token_logps_and_entropies` (a
+private method: TRL is pinned in pyproject and the tests check the hook point still exists).
 """
 
 from __future__ import annotations
