@@ -29,6 +29,9 @@ def test_smoke_study_writes_every_arm_and_artifact(smoke_study):
         assert (smoke_study / name).stat().st_size > 1000
     report = (smoke_study / "report.md").read_text()
     assert all(f"| {arm} |" in report for arm in ARMS) and "Sanity: `none`" in report
+    verdict = report.splitlines()[2]  # the line after the title says whether the regime can be read
+    assert verdict.startswith(("Healthy regime", "Regime partly healthy", "**This run is miscalibrated", "**Policies"))
+    assert results["health"]["healthy"] == verdict.startswith("Healthy regime")
 
 
 def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, capsys):
@@ -73,3 +76,23 @@ def test_probe_refit_during_training(hacky_organism, tmp_path):
     assert [r["arm"] for r in records] == ["probe_reward", "probe_loss"]
     assert all(0 <= r["metrics"]["probe_refits"] <= 2 for r in records)
     assert any(r["metrics"]["probe_refits"] > 0 for r in records)  # the hacky organism's samples hold both classes
+
+
+def _rec(arm, seed, hack, honest, malformed=0.0):
+    return {"arm": arm, "seed": seed, "metrics": {"hack_rate": hack, "honest_solve_rate": honest,
+                                                  "malformed_rate": malformed}}
+
+
+def test_health_verdict_names_what_failed():
+    from alignlab.studies.reward_hacking import health, health_line
+
+    start = {"honest_solve_rate": 0.3, "hack_rate": 0.05}
+    good = [_rec("none", 0, 0.9, 0.0), _rec("oracle", 0, 0.0, 0.4), _rec("probe_reward", 0, 0.01, 0.35)]
+    h = health(good, start)
+    assert h["healthy"] and health_line(h, 0.3).startswith("Healthy regime")
+    h = health([_rec("none", 0, 0.3, 0.1), *good[1:]], start)
+    assert h["miscalibrated"] and "miscalibrated" in health_line(h, 0.3) and "`none` seed 0" in health_line(h, 0.3)
+    h = health([*good, _rec("monitor", 1, 0.0, 0.1, malformed=0.5)], start)
+    assert h["collapsed"] and not h["miscalibrated"] and "`monitor` seed 1" in health_line(h, 0.3)
+    h = health([*good[:2], _rec("probe_reward", 0, 0.0, 0.2)], start)  # no collapse, but honest solving fell
+    assert not h["healthy"] and h["honest_below_start"] == ["`probe_reward` seed 0 (0.200)"]
