@@ -247,3 +247,13 @@ def test_fast_trainer_keeps_trls_hook_points():
     import inspect
 
     assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters
+
+
+def test_a_trained_policy_is_measured_without_the_bf16_autocast_wrapper(tiny, tasks, monkeypatch):
+    model = copy.deepcopy(tiny[0])
+    monkeypatch.setattr(hardware, "bf16_native", lambda: True)
+    cfg = GRPORunConfig(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4)
+    train_grpo(model, tiny[1], tasks, [GraderReward(tasks)], cfg)
+    assert "_original_forward" not in model.__dict__
+    with torch.no_grad():
+        assert model(torch.tensor([[2, 3, 4]])).logits.dtype == torch.float32

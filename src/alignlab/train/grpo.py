@@ -108,5 +108,8 @@ def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRP
         if on_trainer is not None:
             on_trainer(trainer)
         trainer.train()
+    # accelerate wrapped the forward in autocast for bf16 training; measurements after training run as the
+    # model was built (a bf16 policy beside an fp32 start model would put rounding noise into every comparison)
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     model.eval()
     return trainer.state.log_history
