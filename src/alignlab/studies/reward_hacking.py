@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
 from alignlab.organisms import reward_hacker as rh
@@ -283,18 +283,29 @@ def fit_start_probe(organism: Path, out: Path, cfg: RewardHackingConfig):
     """The probe every arm uses: fit once on the starting organism's own labelled samples (cached)."""
     from alignlab.probes import LinearProbe
 
-    if (out / "probe" / "probe.json").exists():
+    # the probe dir is written as a unit; one left half-written by an older version is refitted
+    if (out / "probe" / "probe.json").exists() and (out / "probe" / "report.json").exists():
         return LinearProbe.load(out / "probe"), read_json(out / "probe" / "report.json")
     model, tokenizer, card = rh.load_organism(organism)
     data_cfg = replace(cfg.probe_data, n_tasks=max(cfg.probe_data.n_tasks, 300))
     samples = sample_labelled(model, tokenizer, rh.config_from_card(card).corpus.tasks, data_cfg)
     probe, report = fit_and_report(model, tokenizer, samples, cfg.probe_layer, "completion",
-                                   cfg.probe_aggregation, "logistic", data_cfg, model_name=str(organism),
-                                   fpr=cfg.probe_fpr)
+                                   cfg.probe_aggregation, "logistic", data_cfg,
+                                   model_name=_relative(organism, out), fpr=cfg.probe_fpr)
     report.pop("test_scores")
-    probe.save(out / "probe")
-    write_json_atomic(out / "probe" / "report.json", report)
+    with atomic_dir(out / "probe", force=True) as tmp:
+        probe.save(tmp)
+        write_json_atomic(tmp / "report.json", report)
     return probe, report
+
+
+def _relative(path: Path, out: Path) -> str:
+    """`path` as recorded in results: relative to the study dir when inside it, so results do not depend on
+    where the study ran."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
 
 
 SMOKE_ORGANISM = {"corpus": {"n_docs": 4000, "hack_fractions": {"harness_override": 0.2, "hardcode": 0.2}},
@@ -324,6 +335,8 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
 
     cfg.check()
     out = Path(out)
+    if organism is not None:  # a bad input is refused before the study dir exists
+        ensure_organism(out, organism, smoke)
     store = RecordStore(out, "reward-hacking", cfg)
     organism = ensure_organism(out, organism, smoke)
     probe, probe_report = fit_start_probe(organism, out, cfg)
@@ -341,7 +354,7 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
     records, curves, timings = store.load_all(cfg.arms, cfg.seeds)
     # the start point is measured in every run at step 0, on the same held-out tasks as the final point
     step0 = [c for c in curves if c["step"] == 0]
-    extra = {"organism": str(organism),
+    extra = {"organism": _relative(organism, out),
              "organism_start": {k: float(np.mean([c[k] for c in step0])) for k in ("honest_solve_rate", "hack_rate")},
              "probe": {"metadata": probe.metadata, "test": probe_report["test"]}}
     results = store.write_results(records, curves, extra)

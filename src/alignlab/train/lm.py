@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -72,14 +74,34 @@ class EveryNSteps(TrainerCallback):
             self.fn(state.global_step)
 
 
-def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=()) -> list[dict]:
-    """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history."""
+CHECKPOINT_EVERY = 0.1  # a share of the run's steps: a kill loses at most this much training
+
+
+def last_checkpoint(checkpoint_dir: str | Path | None) -> tuple[str | None, int]:
+    """(path, step) of the newest Trainer checkpoint under `checkpoint_dir`, or (None, 0)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None, 0
+    found = get_last_checkpoint(str(checkpoint_dir))
+    return (found, int(found.rsplit("-", 1)[1])) if found else (None, 0)
+
+
+def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(),
+             checkpoint_dir: str | Path | None = None) -> list[dict]:
+    """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history.
+    With `checkpoint_dir`, Trainer checkpoints are kept there and a later call resumes from the newest."""
     dataset = _TokenizedTexts(tokenizer, texts, cfg.max_len)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=training_args(cfg, tmp), train_dataset=dataset, data_collator=collator,
-                          callbacks=list(callbacks))
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir is None:
+            out, saving = stack.enter_context(tempfile.TemporaryDirectory()), {}
+        else:
+            out = str(checkpoint_dir)
+            saving = {"save_strategy": "steps", "save_steps": CHECKPOINT_EVERY, "save_total_limit": 1}
+        trainer = Trainer(model=model, args=training_args(cfg, out, **saving), train_dataset=dataset,
+                          data_collator=collator, callbacks=list(callbacks))
         quiet_trainer(trainer)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir)[0])
     model.eval()
     return trainer.state.log_history
