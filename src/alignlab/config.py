@@ -125,6 +125,13 @@ def validate(config, section: str = "config", where: str = ""):
     return config
 
 
+def check_layer(section: str, name: str, layer: int, n_layers: int) -> None:
+    """A layer index (negative counts from the end) the model really has, else a one-line error."""
+    if not -n_layers <= layer < n_layers:
+        raise AlignlabError(f"{section} field '{name}'={layer} must be a layer of the {n_layers}-layer model "
+                            f"({-n_layers}..{n_layers - 1})")
+
+
 def load_overrides(path: str | Path) -> dict:
     from alignlab.artifacts import read_json
 

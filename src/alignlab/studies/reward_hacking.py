@@ -27,6 +27,7 @@ from trl import GRPOTrainer
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.config import check_layer
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
 from alignlab.organisms import reward_hacker as rh
@@ -337,6 +338,11 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
     out = Path(out)
     if organism is not None:  # a bad input is refused before the study dir exists
         ensure_organism(out, organism, smoke)
+        n_layers = read_json(Path(organism) / "config.json", "organism model config").get("num_hidden_layers")
+    else:
+        n_layers = (rh.smoke_config(0) if smoke else rh.RewardHackerConfig()).model.n_layers
+    if isinstance(n_layers, int):
+        check_layer("study", "probe_layer", cfg.probe_layer, n_layers)
     store = RecordStore(out, "reward-hacking", cfg)
     organism = ensure_organism(out, organism, smoke)
     probe, probe_report = fit_start_probe(organism, out, cfg)

