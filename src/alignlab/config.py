@@ -84,10 +84,15 @@ RANGES: tuple[tuple[str, float, float, bool], ...] = (
     (r"vocab_size", 1, 1 << 20, False),
     (r"max_len|block_len|max_new_tokens|max_completion_length|max_doc_lines", 1, 1 << 20, False),
     (r"batch_size|sft_batch|prompts_per_step|num_generations", 1, 1 << 16, False),
-    (r".*steps|tokens", 1, 10**12, False),
+    (r".*steps", 1, 10**7, False),
+    (r"tokens", 1, 10**13, False),
     (r"n_.*|.*_(tasks|samples|docs|queries|groups|top)|groups|k|aux_k|expansion_factor|top_k|max_files"
      r"|min_group|tags_per_bad_segment|samples_per_task", 1, _COUNT, False),
 )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _range_error(value, name: str) -> str | None:
@@ -99,7 +104,7 @@ def _range_error(value, name: str) -> str | None:
     for pattern, low, high, open_low in RANGES:
         if re.fullmatch(pattern, name):
             if (value <= low if open_low else value < low) or value > high:
-                return f"must be in {'(' if open_low else '['}{low:g}, {high:g}]"
+                return f"must be in {'(' if open_low else '['}{_num(low)}, {_num(high)}]"
             return None
     if abs(value) > 10**12:
         return "must be at most 1e12 in size"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +79,20 @@ CHECKPOINT_EVERY = 0.1  # a share of the run's steps: a kill loses at most this 
 
 
 def last_checkpoint(checkpoint_dir: str | Path | None) -> tuple[str | None, int]:
-    """(path, step) of the newest Trainer checkpoint under `checkpoint_dir`, or (None, 0)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """(path, step) of the newest complete Trainer checkpoint under `checkpoint_dir`, or (None, 0). The Trainer
+    writes trainer_state.json last, so a checkpoint without it was cut short by a kill: it is removed."""
     if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
         return None, 0
-    found = get_last_checkpoint(str(checkpoint_dir))
-    return (found, int(found.rsplit("-", 1)[1])) if found else (None, 0)
+    complete = []
+    for path in Path(checkpoint_dir).glob("checkpoint-*"):
+        if (path / "trainer_state.json").is_file() and path.name.split("-")[1].isdigit():
+            complete.append((int(path.name.split("-")[1]), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    if not complete:
+        return None, 0
+    step, path = max(complete)
+    return str(path), step
 
 
 def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(),
