@@ -86,9 +86,15 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_killed_organism_build_resumes_from_its_checkpoint(smoke_organism, tmp_path):
+def test_killed_organism_build_resumes_from_its_checkpoint(tmp_path, one_thread, capsys):
     """SIGKILL a smoke build once a checkpoint is on disk; the re-run resumes there (not from step 0), leaves no
-    temp dir, and ends with the weights and evaluation of the uninterrupted build (conftest's, same seed)."""
+    temp dir, and ends with the weights and evaluation of an uninterrupted build (one thread in both)."""
+    from alignlab.cli import main
+
+    straight_dir = tmp_path / "straight" / "rh"
+    assert main(["organism", "build", "reward-hacker", "--smoke", "--seed", "3", "--out", str(straight_dir)]) == 0
+    tmp_path = tmp_path / "killed"
+    tmp_path.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(alignlab.__file__).parents[1]), "OMP_NUM_THREADS": "1",
            "ALIGNLAB_QUIET": "1"}
     out, partial = tmp_path / "rh", tmp_path / ".rh.partial"
@@ -102,17 +108,17 @@ def test_killed_organism_build_resumes_from_its_checkpoint(smoke_organism, tmp_p
     proc.wait()
     assert not out.exists() and partial.is_dir()
 
-    rerun = subprocess.run(build, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    step = int(rerun.stderr.split("checkpoint at step ")[1].split()[0])
+    capsys.readouterr()
+    assert main(build[3:]) == 0  # the re-run, in this process (one thread, as the killed one)
+    step = int(capsys.readouterr().err.split("checkpoint at step ")[1].split()[0])
     assert step > 0
     assert _names(tmp_path) == {"rh"}  # the temp dir became the organism; nothing stale beside it
     assert not (out / "checkpoints").exists()
-    assert json.loads((out / "eval.json").read_text()) == json.loads((smoke_organism / "eval.json").read_text())
+    assert json.loads((out / "eval.json").read_text()) == json.loads((straight_dir / "eval.json").read_text())
 
     import torch
     from safetensors.torch import load_file
 
-    resumed, straight = load_file(out / "model.safetensors"), load_file(smoke_organism / "model.safetensors")
+    resumed, straight = load_file(out / "model.safetensors"), load_file(straight_dir / "model.safetensors")
     assert resumed.keys() == straight.keys()
-    assert all(torch.allclose(resumed[k], straight[k], atol=1e-5) for k in resumed)
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)  # bit for bit
