@@ -73,3 +73,17 @@ def test_probe_refit_during_training(hacky_organism, tmp_path):
     assert [r["arm"] for r in records] == ["probe_reward", "probe_loss"]
     assert all(0 <= r["metrics"]["probe_refits"] <= 2 for r in records)
     assert any(r["metrics"]["probe_refits"] > 0 for r in records)  # the hacky organism's samples hold both classes
+
+
+def test_a_probe_dir_cut_short_is_refitted_and_results_hold_no_absolute_paths(smoke_study, hacky_organism):
+    import os
+
+    (smoke_study / "probe" / "report.json").unlink()  # an older version killed between probe.json and report.json
+    assert main(["study", "reward-hacking", "--smoke", "--organism", str(hacky_organism),
+                 "--out", str(smoke_study)]) == 0
+    assert (smoke_study / "probe" / "report.json").is_file()
+    text = (smoke_study / "results.json").read_text()
+    assert str(smoke_study) not in text and str(smoke_study.resolve()) not in text
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (smoke_study / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask
