@@ -318,7 +318,8 @@ def probe_sweep(
 def study_reward_hacking(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
     arms: str | None = typer.Option(None, "--arms", help="Comma-separated arms (default: all six)."),
-    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per arm (default 3; quick/smoke 1)."),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, max=1000,
+                                     help="Seeds per arm (default 3; quick/smoke 1)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer steps and samples: a few minutes."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
     organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
@@ -352,7 +353,7 @@ def study_safety_pretraining(
     objectives: str | None = typer.Option(None, "--objectives", help="Comma-separated objectives (default: all)."),
     finetune: str | None = typer.Option(None, "--finetune",
                                         help="Objectives also run as fine-tuning after MLE ('' for none)."),
-    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per arm (default 1)."),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, max=1000, help="Seeds per arm (default 1)."),
     quick: bool = typer.Option(False, "--quick", help="Half the tokens, smaller evaluations."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
@@ -448,7 +449,7 @@ def audit_run(
 @audit_app.command("game")
 def audit_game(
     out: Path = typer.Option(..., "--out", help="Game directory (re-run the same command to resume)."),
-    n: int | None = typer.Option(None, "--n", min=1, help="Sealed organisms (default 10; smoke 2)."),
+    n: int | None = typer.Option(None, "--n", min=1, max=1000, help="Sealed organisms (default 10; smoke 2)."),
     smoke: bool = typer.Option(False, "--smoke", help="Tiny organisms and auditors, for tests."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding game config fields."),
 ) -> None:
@@ -520,8 +521,8 @@ def audit_features(
                                         "contain this text vs the rest."),
     feature: int | None = typer.Option(None, "--feature", min=0, help="Show this feature's top activating tokens."),
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
-    max_docs: int = typer.Option(2000, "--max-docs", min=2, help="Documents to read."),
-    top: int = typer.Option(10, "--top", min=1, help="How many features or examples to show."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=2, max=10**7, help="Documents to read."),
+    top: int = typer.Option(10, "--top", min=1, max=10**6, help="How many features or examples to show."),
 ) -> None:
     """Feature search: rank SAE features by association with a text, or show a feature's top examples."""
     import numpy as np
@@ -558,7 +559,7 @@ def audit_steer(
     feature: int = typer.Option(..., "--feature", min=0, help="The SAE feature."),
     multipliers: str = typer.Option("0,2,4,8", "--multipliers", help="Comma-separated multipliers."),
     ablate: bool = typer.Option(False, "--ablate", help="Remove the direction instead of adding it."),
-    samples: int = typer.Option(4, "--samples", min=1, help="Samples per multiplier."),
+    samples: int = typer.Option(4, "--samples", min=1, max=1000, help="Samples per multiplier."),
     seed: int = SEED,
 ) -> None:
     """Sample completions while adding (or ablating) an SAE feature's direction at its layer."""
@@ -592,8 +593,8 @@ def audit_attribute(
     prompt: str = typer.Option(..., "--prompt", help="Query prompt (use \\n for newlines)."),
     completion: str = typer.Option(..., "--completion", help="Query completion: the behaviour to trace."),
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
-    max_docs: int = typer.Option(2000, "--max-docs", min=1, help="Training documents to score."),
-    top: int = typer.Option(10, "--top", min=1, help="How many documents to show."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=1, max=10**7, help="Training documents to score."),
+    top: int = typer.Option(10, "--top", min=1, max=10**6, help="How many documents to show."),
     seed: int = SEED,
 ) -> None:
     """Training documents most similar in gradient to a (prompt, completion): gradient-cosine attribution."""
