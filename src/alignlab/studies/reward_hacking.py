@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic, write_text_atomic
 from alignlab.config import check_layer
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
@@ -401,9 +401,7 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
               "AUROC kept), `probe_auroc.png`. Per arm × seed records: `results.json`; curves: `metrics.jsonl`.",
               "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for {len(timings)} runs "
               "(see timings.json)."]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def _num(x) -> str:
