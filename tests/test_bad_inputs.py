@@ -27,8 +27,9 @@ def world(smoke_organism, tmp_path_factory):
     shutil.copytree(smoke_organism, sealed, ignore=shutil.ignore_patterns("organism.json", "eval.json"))
     (sealed / "seal.json").write_text(json.dumps(SEAL))
     (sealed / "training_data.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(9)))
-    save_sae(SparseAutoencoder(64, 128, "topk", 4), root / "sae", {"model_name": "org",
-                                                                  "hook_name": "blocks.1.hook_resid_post"})
+    for d_in, name in ((64, "sae"), (32, "sae32")):  # the second is for another model's width
+        save_sae(SparseAutoencoder(d_in, 2 * d_in, "topk", 4), root / name,
+                 {"model_name": "org", "hook_name": "blocks.1.hook_resid_post"})
     X = np.random.default_rng(0).standard_normal((20, 64)).astype(np.float32)
     fit_logistic(X, np.arange(20) % 2, metadata={"layer": 1, "position": "completion"}).save(root / "probe")
     return root
@@ -160,6 +161,12 @@ CASES = [
     ("sae-dir-missing", "audit features {world}/sealed --sae {tmp}/none --contains x", None, "does not exist"),
     ("sae-cfg-tampered", "audit features {world}/sealed --sae {tmp}/sae --contains doc",
      _copy("sae", "sae", _json_edit("cfg.json", lambda d: d.update(d_sae="many"))), "d_sae"),
+    ("sae-hook-garbled", "audit features {world}/sealed --sae {tmp}/sae --feature 1",
+     _copy("sae", "sae", _json_edit("cfg.json", lambda d: d["metadata"].update(hook_name="blocks.x"))), "hook_name"),
+    ("sae-hook-layer-absent", "audit steer {world}/sealed --prompt x --sae {tmp}/sae --feature 1",
+     _copy("sae", "sae", _json_edit("cfg.json", lambda d: d["metadata"].update(hook_name="blocks.9.hook_resid_post"))),
+     "layer 9"),
+    ("sae-other-width", "audit steer {world}/sealed --prompt x --sae {world}/sae32 --feature 1", None, "width 32"),
     ("steer-multipliers", "audit steer {world}/sealed --prompt x --sae {world}/sae --feature 0 --multipliers a,b",
      None, "--multipliers"),
     ("steer-feature-range", "audit steer {world}/sealed --prompt x --sae {world}/sae --feature 999", None,

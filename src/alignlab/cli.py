@@ -513,6 +513,21 @@ def audit_sae(
                   f"L0 {quality['l0']:.1f}, dead {int(quality['n_dead'])}/{sae.d_sae}")
 
 
+def _sae_layer(sae, model) -> int:
+    """The decoder layer an SAE reads (from its hook name), checked against the model it is used on."""
+    import re
+
+    from alignlab.models.tap import find_decoder_layers, resolve_layers
+
+    hook = sae.metadata.get("hook_name")
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", str(hook))
+    if match is None:
+        raise AlignlabError(f"--sae: hook_name {hook!r} is not blocks.<layer>.hook_resid_post")
+    if sae.d_in != model.config.hidden_size:
+        raise AlignlabError(f"--sae: the SAE reads width {sae.d_in}, the model's is {model.config.hidden_size}")
+    return resolve_layers([int(match[1])], len(find_decoder_layers(model)))[0]
+
+
 @audit_app.command("features")
 def audit_features(
     model_dir: Path = typer.Argument(..., help="The model the SAE was trained on."),
@@ -535,8 +550,8 @@ def audit_features(
     if (contains is None) == (feature is None):
         raise AlignlabError("give exactly one of --contains and --feature")
     sae = load_sae(sae_dir)
-    layer = int(sae.metadata["hook_name"].split(".")[1])
     model, tokenizer = load_model(model_dir)
+    layer = _sae_layer(sae, model)
     texts = _audit_texts(model_dir, data, max_docs)
     if contains is not None:
         labels = np.array([contains in t for t in texts])
@@ -576,8 +591,8 @@ def audit_steer(
     sae = load_sae(sae_dir)
     if feature >= sae.d_sae:
         raise AlignlabError(f"--feature {feature} is out of range for an SAE with {sae.d_sae} features")
-    layer = int(sae.metadata["hook_name"].split(".")[1])
     model, tokenizer = load_model(model_dir)
+    layer = _sae_layer(sae, model)
     text = prompt.replace("\\n", "\n")
     out = {}
     for m in [1.0] if ablate else mults:
