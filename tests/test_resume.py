@@ -122,3 +122,38 @@ def test_killed_organism_build_resumes_from_its_checkpoint(tmp_path, one_thread,
     resumed, straight = load_file(out / "model.safetensors"), load_file(straight_dir / "model.safetensors")
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in resumed)  # bit for bit
+
+
+def test_interrupted_sae_training_resumes_to_the_same_weights(tmp_path, monkeypatch, one_thread):
+    import torch
+
+    from alignlab.audit import sae as saes
+
+    acts = torch.randn(1500, 16, generator=torch.Generator().manual_seed(0))
+    cfg = saes.SAEConfig(k=4, expansion_factor=2, steps=60, batch_size=64, log_every=10)
+    straight, straight_history = saes.train_sae(acts, cfg)
+
+    real, steps = saes._normalise_decoder, []
+
+    def counting(sae):  # once per optimizer step; the first run is cut off after step 37 (state saved at 36)
+        real(sae)
+        steps.append(1)
+        if len(steps) == 37:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(saes, "_normalise_decoder", counting)
+    state = saes.state_file(tmp_path / "sae")
+    with pytest.raises(KeyboardInterrupt):
+        saes.train_sae(acts, cfg, checkpoint=state)
+    steps.clear()
+    resumed, history = saes.train_sae(acts, cfg, checkpoint=state)
+    assert len(steps) == 60 - 36  # resumed at step 36, not from the start
+    assert history == straight_history
+    assert all(torch.equal(getattr(resumed, n), getattr(straight, n)) for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+
+    other = saes.SAEConfig(k=2, expansion_factor=2, steps=12, batch_size=64)  # other work: the state is ignored
+    steps.clear()
+    saes.train_sae(acts, other, checkpoint=state)
+    assert len(steps) == 12
+    saes.save_sae(resumed, tmp_path / "sae", {"model_name": "m", "hook_name": saes.resid_hook_name(0)})
+    assert _names(tmp_path) == {"sae"}  # saving removed the training state beside it

@@ -505,7 +505,8 @@ def audit_sae(
     texts = _audit_texts(model_dir, data, max_docs)
     held = max(len(texts) // 10, 1)
     acts, _ = saes.token_activations(model, tokenizer, texts[held:], layer)
-    sae, _ = saes.train_sae(acts, sae_cfg)
+    # a killed run's training state waits beside --out; save_sae's atomic write removes it once done
+    sae, _ = saes.train_sae(acts, sae_cfg, checkpoint=saes.state_file(out))
     quality = saes.sae_metrics(sae, saes.token_activations(model, tokenizer, texts[:held], layer)[0])
     saes.save_sae(sae, out, {"model_name": str(model_dir), "hook_name": saes.resid_hook_name(layer),
                              "held_out_metrics": quality}, force=force)
