@@ -30,15 +30,13 @@ audit_app = typer.Typer(no_args_is_help=True, help="Audit instruments and the bl
 app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
-_DEBUG = False  # set by the global --debug option: unexpected errors keep their traceback
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators accept
 
 
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error "
                                        "(by default every error is one line).")) -> None:
-    global _DEBUG
-    _DEBUG = debug
+    """(`main` reads --debug itself, since errors reach it after typer has returned.)"""
 
 
 def _seed_option(default: int | None, help: str):
@@ -47,7 +45,8 @@ def _seed_option(default: int | None, help: str):
 
 @contextmanager
 def _study_dir(out: Path):
-    """A study dir is resumable: a run that fails before any record was saved leaves no dir behind it."""
+    """A study dir is resumable: a new one whose run fails before anything worth resuming (a record, a built
+    organism or probe) is removed, so a bad input leaves no dir behind."""
     from alignlab.artifacts import check_output
 
     check_output(out, "resumable")
@@ -55,8 +54,11 @@ def _study_dir(out: Path):
     try:
         yield
     except Exception:
-        if not existed and out.is_dir() and not any((out / "records").glob("*.json")):
-            shutil.rmtree(out, ignore_errors=True)
+        if not existed and out.is_dir():
+            kept = [p for p in out.iterdir() if p.name not in ("config.json", "records") and not
+                    p.name.endswith("partial")]
+            if not kept and not any((out / "records").glob("*")):
+                shutil.rmtree(out, ignore_errors=True)
         raise
 
 
@@ -666,9 +668,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _DEBUG
     argv = list(sys.argv[1:] if argv is None else argv)
-    _DEBUG = "--debug" in argv[:1]
+    debug = argv[:1] == ["--debug"]  # a global option: it comes before the command
     try:
         app(args=argv, standalone_mode=False)
     except AlignlabError as err:
@@ -685,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             print(f"error: {' '.join(err.format_message().split())}", file=sys.stderr)
             return getattr(err, "exit_code", 2)
-        if _DEBUG:
+        if debug:
             traceback.print_exc()
         where = _command([a for a in argv if a != "--debug"])
         if isinstance(err, _INPUT_ERRORS):
