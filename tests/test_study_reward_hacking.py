@@ -96,3 +96,17 @@ def test_health_verdict_names_what_failed():
     assert h["collapsed"] and not h["miscalibrated"] and "`monitor` seed 1" in health_line(h, 0.3)
     h = health([*good[:2], _rec("probe_reward", 0, 0.0, 0.2)], start)  # no collapse, but honest solving fell
     assert not h["healthy"] and h["honest_below_start"] == ["`probe_reward` seed 0 (0.200)"]
+
+
+def test_a_probe_dir_cut_short_is_refitted_and_results_hold_no_absolute_paths(smoke_study, hacky_organism):
+    import os
+
+    (smoke_study / "probe" / "report.json").unlink()  # an older version killed between probe.json and report.json
+    assert main(["study", "reward-hacking", "--smoke", "--organism", str(hacky_organism),
+                 "--out", str(smoke_study)]) == 0
+    assert (smoke_study / "probe" / "report.json").is_file()
+    text = (smoke_study / "results.json").read_text()
+    assert str(smoke_study) not in text and str(smoke_study.resolve()) not in text
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (smoke_study / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask

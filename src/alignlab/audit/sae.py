@@ -15,8 +15,10 @@ into the saved weights, so a saved SAE reads raw activations (normalize_activati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
 from alignlab.config import check_rules
 from alignlab.models.tap import ActivationTap
 from alignlab.probes.harvest import _accepts, left_pad
@@ -219,12 +221,15 @@ def _fold_scale(sae: SparseAutoencoder, scale: float) -> None:
     sae.b_dec.div_(scale)
 
 
-def train_sae(acts: torch.Tensor, cfg: SAEConfig = SAEConfig()) -> tuple[SparseAutoencoder, list[dict]]:
+def train_sae(acts: torch.Tensor, cfg: SAEConfig = SAEConfig(),
+              checkpoint: str | Path | None = None) -> tuple[SparseAutoencoder, list[dict]]:
     """Train an SAE on activations [N, d_in] (any device; trained in float32 there).
 
     Returns the SAE (on the activations' device, eval mode) and a history: one record per `log_every`
     steps with the step's loss, mse (in scaled units), l0 and the fraction of dead features so far.
     Same data + same config (seed included) -> bitwise identical weights on the same machine.
+    With `checkpoint` (a file path), the whole training state is saved there every 10% of the steps and a
+    later call on the same data and config resumes from it, to the same weights bit for bit.
     """
     acts = _check_acts(acts)
     cfg.check(acts.shape[1])
@@ -241,8 +246,21 @@ def train_sae(acts: torch.Tensor, cfg: SAEConfig = SAEConfig()) -> tuple[SparseA
     steps_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=acts.device)
     history: list[dict] = []
     order, cursor = torch.randperm(len(acts), generator=gen), 0
+    key = _state_key(acts, cfg) if checkpoint is not None else ""
+    start = 0
+    if checkpoint is not None and (saved := _load_state(checkpoint, key, acts.device)) is not None:
+        tensors, info = saved
+        sae.load_state_dict({n[4:]: t for n, t in tensors.items() if n.startswith("sae.")})
+        opt_state = optimizer.state_dict()
+        opt_state["state"] = {i: {n.split(".")[2]: t for n, t in tensors.items() if n.startswith(f"opt.{i}.")}
+                              for i in opt_state["param_groups"][0]["params"]}
+        optimizer.load_state_dict(opt_state)
+        gen.set_state(tensors["gen_state"].cpu())
+        order, steps_since_fired = tensors["order"].cpu(), tensors["steps_since_fired"]
+        start, cursor, history = info["step"], info["cursor"], info["history"]
+    every = max(cfg.steps // 10, 1)
     sae.train()
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         if cursor + cfg.batch_size > len(order) and cursor > 0:  # next epoch: a fresh shuffle
             order, cursor = torch.randperm(len(acts), generator=gen), 0
         x = acts[order[cursor : cursor + cfg.batch_size].to(acts.device)]
@@ -273,9 +291,52 @@ def train_sae(acts: torch.Tensor, cfg: SAEConfig = SAEConfig()) -> tuple[SparseA
                             "l0": float((f > 0).sum(-1).float().mean()),
                             "dead_fraction": float((steps_since_fired >= cfg.dead_steps).float().mean()),
                             **{name: value.item() for name, value in extra.items()}})
+        if checkpoint is not None and step % every == 0 and step < cfg.steps:
+            tensors = {**{f"sae.{n}": t for n, t in sae.state_dict().items()},
+                       **{f"opt.{i}.{n}": t for i, s in optimizer.state_dict()["state"].items() for n, t in s.items()},
+                       "gen_state": gen.get_state(), "order": order, "steps_since_fired": steps_since_fired}
+            _save_state(checkpoint, tensors, {"key": key, "step": step, "cursor": cursor, "history": history})
     _fold_scale(sae, scale)
     sae.metadata = {"train_config": asdict(cfg), "input_scale": scale, "n_train_tokens": len(acts)}
     return sae.eval(), history
+
+
+def state_file(out_dir: str | Path) -> Path:
+    """Where training toward SAE dir `out_dir` keeps its state: a temp dir beside it, which `save_sae`'s
+    atomic write (it clears `.<name>.*partial`) removes once the SAE is saved."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.train.partial" / "sae_state.safetensors"
+
+
+def _state_key(acts: torch.Tensor, cfg: SAEConfig) -> str:
+    """What a saved training state was made for: these activations (hashed) and this config."""
+    digest = hashlib.sha256(acts.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return f"{digest}-{fingerprint(asdict(cfg))}"
+
+
+def _save_state(path: str | Path, tensors: dict, info: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")  # then rename: a kill mid-save leaves the previous state whole
+    save_file({n: t.detach().cpu().clone().contiguous() for n, t in tensors.items()}, tmp,
+              metadata={"alignlab_train_state": json.dumps(info)})
+    os.replace(tmp, path)
+
+
+def _load_state(path: str | Path, key: str, device) -> tuple[dict, dict] | None:
+    """(tensors, info) of a saved training state for `key`, or None (none saved, unreadable, or other work)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as fh:
+            info = json.loads((fh.metadata() or {}).get("alignlab_train_state", "{}"))
+            if info.get("key") != key:
+                return None
+            return {n: fh.get_tensor(n).to(device) for n in fh.keys()}, info  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 # --- metrics ---------------------------------------------------------------------------------------------

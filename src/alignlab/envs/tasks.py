@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from alignlab import AlignlabError
 from alignlab.config import check_rules
 from alignlab.envs.listlang import Op, Program, render_list, run
 
@@ -12,7 +13,7 @@ PROMPT_HEADER = ""
 PROMPT_FOOTER = "program:\n"
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(AlignlabError, ValueError):
     """Impossible task parameters."""
 
 

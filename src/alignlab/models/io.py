@@ -22,8 +22,10 @@ def load_model(name_or_path: str | Path, device: str | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), use_safetensors=True)
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:  # incl. size mismatch
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "mismatched_sizes" in first:  # transformers' wording points at a report it never shows
+            first = "its config.json does not match the shapes of its weights"
         raise AlignlabError(f"cannot load model {name_or_path}: {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

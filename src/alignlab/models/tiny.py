@@ -20,6 +20,18 @@ class TinyModelConfig:
     max_len: int = 256
     vocab_size: int = 512  # target for the BPE trainer; the model uses the tokenizer's real size
 
+    def check(self) -> TinyModelConfig:
+        from alignlab.config import check_rules
+
+        head_dim = self.d_model // self.n_heads if self.n_heads else 0
+        rules = [
+            ("n_heads", self.n_heads >= 1 and self.d_model % self.n_heads == 0,
+             f"must divide d_model={self.d_model}"),
+            ("d_model", head_dim % 2 == 0, f"/ n_heads={self.n_heads} must be even (rotary embeddings)"),
+            ("vocab_size", self.vocab_size >= 300, "must be at least 300 (256 bytes + special tokens)"),
+        ]
+        return check_rules(self, "model config", rules)
+
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512,
                     extra_special: Sequence[str] = ()) -> PreTrainedTokenizerFast:

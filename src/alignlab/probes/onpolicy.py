@@ -17,7 +17,7 @@ from alignlab import AlignlabError
 from alignlab.envs import HACK_STYLES, Task, TaskConfig, generate_task, label
 from alignlab.envs.grading import HACK, MALFORMED
 from alignlab.models.sampling import sample
-from alignlab.models.tap import find_decoder_layers
+from alignlab.models.tap import find_decoder_layers, resolve_layers
 from alignlab.probes.harvest import Position, harvest
 from alignlab.probes.metrics import auroc, probe_report, recall_at_fpr
 from alignlab.probes.probe import LinearProbe, fit_diff_of_means, fit_logistic
@@ -130,7 +130,7 @@ def fit_and_report(model, tokenizer, samples: list[LabelledSample], layer: int, 
                    fpr: float = 0.01) -> tuple[LinearProbe, dict]:
     """Fit on the train tasks; report overall, per-style and cross-style metrics on the test tasks."""
     n_layers = len(find_decoder_layers(model))
-    layer = layer % n_layers
+    layer = resolve_layers([layer], n_layers)[0]  # a layer the model does not have is an error, not a wrap
     X = features(model, tokenizer, samples, [layer], position, aggregation)[layer]
     y = np.array([s.is_hack for s in samples], dtype=int)
     train, test = task_split(samples, cfg.test_fraction, cfg.seed)

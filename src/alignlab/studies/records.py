@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic
+from alignlab.artifacts import read_json, versions, write_json_atomic, write_text_atomic
 
 
 class RecordStore:
@@ -50,7 +50,5 @@ class RecordStore:
         results = {"study": self.study, "config": self.config, "versions": versions(), **extra,
                    "records": records}
         write_json_atomic(self.out / "results.json", results)
-        tmp = self.out / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(c, sort_keys=True) + "\n" for c in curves))
-        tmp.replace(self.out / "metrics.jsonl")
+        write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(c, sort_keys=True) + "\n" for c in curves))
         return results

@@ -25,7 +25,8 @@ import torch
 from transformers import TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic, write_text_atomic
+from alignlab.config import check_layer
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
 from alignlab.organisms import reward_hacker as rh
@@ -305,18 +306,29 @@ def fit_start_probe(organism: Path, out: Path, cfg: RewardHackingConfig):
     """The probe every arm uses: fit once on the starting organism's own labelled samples (cached)."""
     from alignlab.probes import LinearProbe
 
-    if (out / "probe" / "probe.json").exists():
+    # the probe dir is written as a unit; one left half-written by an older version is refitted
+    if (out / "probe" / "probe.json").exists() and (out / "probe" / "report.json").exists():
         return LinearProbe.load(out / "probe"), read_json(out / "probe" / "report.json")
     model, tokenizer, card = rh.load_organism(organism)
     data_cfg = replace(cfg.probe_data, n_tasks=max(cfg.probe_data.n_tasks, 300))
     samples = sample_labelled(model, tokenizer, rh.config_from_card(card).corpus.tasks, data_cfg)
     probe, report = fit_and_report(model, tokenizer, samples, cfg.probe_layer, "completion",
-                                   cfg.probe_aggregation, "logistic", data_cfg, model_name=str(organism),
-                                   fpr=cfg.probe_fpr)
+                                   cfg.probe_aggregation, "logistic", data_cfg,
+                                   model_name=_relative(organism, out), fpr=cfg.probe_fpr)
     report.pop("test_scores")
-    probe.save(out / "probe")
-    write_json_atomic(out / "probe" / "report.json", report)
+    with atomic_dir(out / "probe", force=True) as tmp:
+        probe.save(tmp)
+        write_json_atomic(tmp / "report.json", report)
     return probe, report
+
+
+def _relative(path: Path, out: Path) -> str:
+    """`path` as recorded in results: relative to the study dir when inside it, so results do not depend on
+    where the study ran."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
 
 
 SMOKE_ORGANISM = {"corpus": {"n_docs": 4000, "hack_fractions": {"harness_override": 0.2, "hardcode": 0.2}},
@@ -347,6 +359,13 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
 
     cfg.check()
     out = Path(out)
+    if organism is not None:  # a bad input is refused before the study dir exists
+        ensure_organism(out, organism, smoke)
+        n_layers = read_json(Path(organism) / "config.json", "organism model config").get("num_hidden_layers")
+    else:
+        n_layers = (rh.smoke_config(0) if smoke else rh.RewardHackerConfig()).model.n_layers
+    if isinstance(n_layers, int):
+        check_layer("study", "probe_layer", cfg.probe_layer, n_layers)
     store = RecordStore(out, "reward-hacking", cfg)
     organism = ensure_organism(out, organism, smoke)
     probe, probe_report = fit_start_probe(organism, out, cfg)
@@ -366,7 +385,7 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
     # the start point is measured in every run at step 0, on the same held-out tasks as the final point
     step0 = [c for c in curves if c["step"] == 0]
     organism_start = {k: float(np.mean([c[k] for c in step0])) for k in ("honest_solve_rate", "hack_rate")}
-    extra = {"organism": str(organism), "organism_start": organism_start,
+    extra = {"organism": _relative(organism, out), "organism_start": organism_start,
              "probe": {"metadata": probe.metadata, "test": probe_report["test"]},
              "health": health(records, organism_start)}
     results = store.write_results(records, curves, extra)
@@ -409,9 +428,7 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
               "AUROC kept), `probe_auroc.png`. Per arm × seed records: `results.json`; curves: `metrics.jsonl`.",
               "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for {len(timings)} runs "
               "(see timings.json)."]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 # The regime is healthy when its sanity arms work and no policy collapses (thresholds from the study's issue):

