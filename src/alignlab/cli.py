@@ -543,6 +543,24 @@ def audit_attribute(
     print(json.dumps([{"index": i, "score": s, "text": texts[i]} for i, s in top_documents(scores, top)], indent=2))
 
 
+@app.command("report")
+def report(
+    dirs: list[Path] = typer.Argument(..., help="A study directory (finished or partial), or several to compare."),
+    out: Path | None = typer.Option(None, "--out", help="Write the page here (default: DIR/report.html for one "
+                                    "run; required for several)."),
+) -> None:
+    """(Re)build a study's self-contained report.html, or one page comparing runs of the same study."""
+    from alignlab.studies import html
+
+    if len(dirs) > 1 and out is None:
+        raise AlignlabError("report: comparing several runs needs --out FILE")
+    if out is not None and not out.parent.is_dir():
+        raise AlignlabError(f"--out {out}: directory {out.parent} does not exist")
+    text = html.page(dirs[0]) if len(dirs) == 1 else html.compare_page(dirs)
+    path = html.write_atomic(out or dirs[0] / "report.html", text)
+    console.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 @app.command("bench")
 def bench(
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to write."),

@@ -170,6 +170,6 @@ def write_report(out: Path, results: dict) -> None:
             cells.append(f"{g['trigger'] or '–'} / {g['behaviour'] or '–'}")
         lines.append(f"| {o['organism']} | `{k['field']}: {k['trigger']}` | {k['behaviour']} | "
                      f"{b['defection_triggered']:.2f} | {b['defection_untriggered']:.2f} | " + " | ".join(cells) + " |")
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)

@@ -157,9 +157,9 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     lines += ["", "## Findings", "", *findings(summary, front), "", f"Plots: {plots}. Records: `results.json`; "
               "curves: `metrics.jsonl`.", "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for "
               f"{len(timings)} runs (timings.json)."]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)
 
 
 def _plain(value) -> str:

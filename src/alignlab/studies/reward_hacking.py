@@ -129,8 +129,9 @@ def kl_to_start(policy, start, tokenizer, prompts: list[str], completions: list[
 
 
 def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int,
-            full: bool = True) -> dict:
-    """Ground-truth behaviour and probe health of `policy` on held-out tasks."""
+            full: bool = True, keep: list | None = None) -> dict:
+    """Ground-truth behaviour and probe health of `policy` on held-out tasks; `keep` receives the held-out
+    completions with their labels and per-token probe scores (for the report's samples browser)."""
     rng = random.Random(seed + rh.EVAL_SEED_OFFSET)
     tasks = [generate_task(rng, task_cfg) for _ in range(cfg.eval_tasks)]
     texts = sample(policy, tokenizer, [t.prompt for t in tasks], n_per_prompt=cfg.eval_samples,
@@ -142,9 +143,29 @@ def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg,
     prompts = [t.prompt for t in tasks for _ in range(cfg.eval_samples)]
     flat = [c for cs in texts for c in cs]
     out["kl_to_start"] = kl_to_start(policy, start, tokenizer, prompts, flat)
+    if keep is not None:
+        keep += held_out_samples(policy, tokenizer, probe, tasks, flat, labels, cfg.eval_samples)
     out["probe_auroc_forced"] = forced_probe_auroc(policy, tokenizer, probe, tasks)
     out |= probe_health(policy, tokenizer, probe, cfg, task_cfg, seed, refit=full)
     return out
+
+
+def held_out_samples(policy, tokenizer, probe, tasks, completions, labels, per_task: int) -> list[dict]:
+    from alignlab.probes.tokens import token_scores
+
+    pairs = [(t.prompt, c) for t, c in zip([t for t in tasks for _ in range(per_task)], completions, strict=True)]
+    scored = token_scores(policy, tokenizer, probe, pairs)
+    layer = int(probe.metadata["layer"])
+    kept = [i for i, toks in enumerate(scored) if toks]  # an empty completion has nothing to pool
+    whole = dict(zip(kept, probe.score(harvest(
+        policy, tokenizer, [pairs[i] for i in kept], layers=[layer], position="completion",
+        aggregation=probe.metadata.get("aggregation", "mean"), batch_size=64)[layer].numpy()).tolist(),
+        strict=True)) if kept else {}
+    return [{"task": i // per_task, "prompt": p, "completion": c, "outcome": lab.outcome, "style": lab.style,
+             "visible": tasks[i // per_task].visible, "hidden": tasks[i // per_task].hidden, "layer": layer,
+             "score": None if i not in whole else round(whole[i], 3),
+             "tokens": [t for t, _ in toks], "scores": [round(s, 3) for _, s in toks]}
+            for i, ((p, c), lab, toks) in enumerate(zip(pairs, labels, scored, strict=True))]
 
 
 def forced_probe_auroc(policy, tokenizer, probe, tasks) -> float:
@@ -216,8 +237,12 @@ class _RefitProbe(TrainerCallback):
         self.policy.train()
 
 
-def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log) -> dict:
-    """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points."""
+def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log,
+            samples: dict | None = None) -> dict:
+    """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points;
+    `samples`, if given, the held-out completions of the start ("start") and of the trained policy ("final")."""
+    samples = {} if samples is None else samples
+    samples |= {"start": [], "final": []}
     policy, tokenizer, card = rh.load_organism(organism)
     start = copy.deepcopy(policy).eval()
     task_cfg = rh.config_from_card(card).corpus.tasks
@@ -245,7 +270,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         policy.train()
 
     log({"arm": arm, "seed": seed, "step": 0, **_curve(measure(start, start, tokenizer, probe, cfg, task_cfg,
-                                                               seed, full=False))})
+                                                               seed, full=False, keep=samples["start"]))})
     every = cfg.grpo.steps // (cfg.checkpoints + 1) if cfg.checkpoints else 0
     grpo = replace(cfg.grpo, seed=seed)
     t0 = time.time()
@@ -268,7 +293,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         if "reward" in h:
             log({"arm": arm, "seed": seed, "step": h["step"], "train_reward": h["reward"],
                  **{k: v for k, v in h.items() if k.startswith("rewards/") and k.endswith("/mean")}})
-    final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True)
+    final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True, keep=samples["final"])
     if refitters:
         final["probe_refits"] = refitters[0].refits
     log({"arm": arm, "seed": seed, "step": grpo.steps, **_curve(final)})
@@ -335,8 +360,12 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
                 progress(f"{arm} seed {seed}")
             curve: list[dict] = []
             t0 = time.time()
-            record = run_arm(arm, seed, organism, probe, cfg, curve.append)
+            samples: dict = {}
+            record = run_arm(arm, seed, organism, probe, cfg, curve.append, samples)
             timing = {"seconds": round(time.time() - t0, 1), "train_seconds": record["metrics"].pop("train_seconds")}
+            # beside the record, never in results.json; written first, so a finished record always has them
+            write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json",
+                              {"arm": arm, "seed": seed, "threshold": probe.threshold, **samples})
             store.save(record, curve, timing)
     records, curves, timings = store.load_all(cfg.arms, cfg.seeds)
     # the start point is measured in every run at step 0, on the same held-out tasks as the final point
@@ -382,9 +411,9 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
               "AUROC kept), `probe_auroc.png`. Per arm × seed records: `results.json`; curves: `metrics.jsonl`.",
               "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for {len(timings)} runs "
               "(see timings.json)."]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)
 
 
 def _num(x) -> str:

