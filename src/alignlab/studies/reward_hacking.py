@@ -33,6 +33,7 @@ from alignlab.organisms import reward_hacker as rh
 from alignlab.probes.harvest import harvest, left_pad
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
+from alignlab.progress import note
 from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import EveryNSteps
@@ -266,6 +267,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
 
     def checkpoint(step: int):
         m = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=False)
+        note(f"hack {m['hack_rate']:.2f}")  # shown on the live GRPO bar
         log({"arm": arm, "seed": seed, "step": step, **{k: v for k, v in m.items() if k != "hack_rate_by_style"}})
         policy.train()
 
@@ -350,6 +352,8 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
     cfg.check()
     out = Path(out)
     store = RecordStore(out, "reward-hacking", cfg)
+    if progress:
+        progress("the starting organism and its probe")
     organism = ensure_organism(out, organism, smoke)
     probe, probe_report = fit_start_probe(organism, out, cfg)
     for arm in cfg.arms:

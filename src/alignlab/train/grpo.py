@@ -11,7 +11,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from alignlab.envs import Task
-from alignlab.train.lm import quiet_trainer
+from alignlab.train.lm import quiet_trainer, report_to
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None =
         data_seed=cfg.seed,
         logging_steps=10,
         save_strategy="no",
-        report_to=[],
+        report_to=report_to(),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=os.environ.get("ALIGNLAB_QUIET") == "1",
         lr_scheduler_type="constant",
@@ -87,7 +87,7 @@ def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRP
         trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
                               train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer,
                               **(trainer_kwargs or {}))
-        quiet_trainer(trainer)
+        quiet_trainer(trainer, "GRPO")
         if on_trainer is not None:
             on_trainer(trainer)
         trainer.train()
