@@ -47,7 +47,10 @@ def flag(outcome: str, score: float | None, threshold: float) -> str:
 def reward_hacking_samples(out: Path) -> tuple[list[dict], float]:
     """Every stored held-out sample as a flat row: the starting organism's (once per seed) and each arm's."""
     rows, threshold, seen_start = [], 0.0, set()
-    for data in _load((out / "records").glob("samples-*.json")):
+    order = {a: i for i, a in enumerate(_arm_order(out))}
+    files = sorted(_load((out / "records").glob("samples-*.json")),
+                   key=lambda d: (order.get(d["arm"], len(order)), d["seed"]))
+    for data in files:
         threshold = data["threshold"]
         groups = [("final", data["arm"])]
         if data["seed"] not in seen_start:  # every arm measures the same start on the same tasks
@@ -179,9 +182,9 @@ def _pt_item(s: dict) -> str:
 
 
 def safety_pretraining(out: Path) -> str:
-    files = _load((out / "records").glob("samples-*.json"))
     order = {a: i for i, a in enumerate(_arm_order(out))}
-    files.sort(key=lambda d: (order.get(d["arm"], len(order)), d["seed"]))
+    files = sorted(_load((out / "records").glob("samples-*.json")),
+                   key=lambda d: (order.get(d["arm"], len(order)), d["seed"]))
     rows = [{**s, "arm": d["arm"], "seed": d["seed"]} for d in files for s in d["samples"]]
     if not rows:
         return ""

@@ -64,7 +64,7 @@ document.querySelectorAll('.browser').forEach(function (box) {
   selects.forEach(function (s) { s.addEventListener('change', apply); });
   apply();
 });
-document.body.dataset.ready = '1';
+document.body.dataset.ready = Math.round(performance.now());  // ms to parse the page and run this script
 """
 
 _MD = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -136,7 +136,8 @@ def browser(title: str, filters: dict[str, list[str]], items: list[str], note: s
         f'<label>{esc(key)} <select data-key="{esc(key)}"><option value="*">all</option>'
         + "".join(f'<option value="{esc(v)}">{esc(v)}</option>' for v in values) + "</select></label>"
         for key, values in filters.items())
-    return (f'<h2>{esc(title)}</h2>{note}<div class="browser"><div class="filters">{selects}'
+    anchor = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return (f'<h2 id="{anchor}">{esc(title)}</h2>{note}<div class="browser"><div class="filters">{selects}'
             f'<span class="count"></span></div>{"".join(items)}</div>')
 
 
