@@ -32,7 +32,7 @@ def synthetic_run(out, n_per_file: int, arms=("none", "probe_reward"), seeds=(0,
     rng = random.Random(seed)
     (out / "records").mkdir(parents=True)
     (out / "results.json").write_text(json.dumps({"study": "reward-hacking"}))
-    (out / "config.json").write_text("{}")
+    (out / "config.json").write_text(json.dumps({"probe_lambda": 0.1}))
     (out / "report.md").write_text(REPORT)
     (out / "hack_rate.png").write_bytes(PNG)
     for arm in arms:
@@ -86,7 +86,6 @@ def test_report_cli_rebuilds_a_partial_run_and_compares(tmp_path, capsys):
     run = synthetic_run(tmp_path / "a", 3)
     (run / "report.md").unlink()
     (run / "results.json").unlink()
-    (run / "probe").mkdir()
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "partial run" in page and page.count('class="sample"') == 9

