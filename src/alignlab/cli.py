@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 import sys
+import warnings
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -77,6 +78,8 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # TRL 1.16 calls transformers APIs deprecated in 5.23: a warning the user can do nothing about
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
 @organism_app.command("build")
