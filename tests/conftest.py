@@ -56,11 +56,11 @@ def headless(tmp_path_factory):
         pytest.skip("chromium is not installed (bash scripts/setup installs it)")
     profile = tmp_path_factory.mktemp("chromium-profile")
 
-    def render(page, screenshot=None, height=4000):
+    def render(page, screenshot=None, height=4000, fragment=""):
         base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", f"--window-size=1280,{height}",
                 "--hide-scrollbars"]
-        url = page.resolve().as_uri()
+        url = page.resolve().as_uri() + fragment
         dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
         assert dom.returncode == 0, dom.stderr[-2000:]
         if screenshot is not None:

@@ -123,6 +123,14 @@ def test_page_loads_in_chromium_and_filters(tmp_path, headless):
     dom, console = headless(run / "report.html")
     assert console == []
     assert re.search(r'data-ready="\d+"', dom) and "12 of 12 shown" in dom  # the filter script ran
+    page = (run / "report.html").read_text()
+    label = max(("solved", "hack", "wrong", "malformed"), key=lambda x: page.count(f'data-arm="none" data-seed="0" '
+                                                                              f'data-label="{x}"'))
+    n = page.count(f'data-arm="none" data-seed="0" data-label="{label}"')
+    dom, console = headless(run / "report.html", fragment=f"#arm=none&label={label}")  # a link presets filters
+    assert console == [] and n > 0 and f"{n} of 12 shown" in dom
+    shown = [a for a in re.findall(r'<div class="sample" (data-[^>]*)>', dom) if "hidden" not in a]
+    assert len(shown) == n and all(f'data-arm="none" data-seed="0" data-label="{label}"' in a for a in shown)
 
 
 def test_chromium_harness_sees_console_errors(tmp_path, headless):

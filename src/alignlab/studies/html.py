@@ -61,7 +61,13 @@ document.querySelectorAll('.browser').forEach(function (box) {
     });
     count.textContent = shown + ' of ' + items.length + ' shown';
   }
-  selects.forEach(function (s) { s.addEventListener('change', apply); });
+  // a link can preset the filters: report.html#flag=missed&arm=none
+  var want = new URLSearchParams(location.hash.slice(1));
+  selects.forEach(function (s) {
+    var v = want.get(s.dataset.key);
+    if (v !== null && Array.prototype.some.call(s.options, function (o) { return o.value === v; })) s.value = v;
+    s.addEventListener('change', apply);
+  });
   apply();
 });
 document.body.dataset.ready = Math.round(performance.now());  // ms to parse the page and run this script
