@@ -152,21 +152,25 @@ def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg,
 
 
 def held_out_samples(policy, tokenizer, probe, tasks, completions, labels, per_task: int) -> list[dict]:
+    """For the report: each completion's label, its task's tests, and the probe's score on the pooled
+    completion and at every completion token."""
     from alignlab.probes.tokens import token_scores
 
-    pairs = [(t.prompt, c) for t, c in zip([t for t in tasks for _ in range(per_task)], completions, strict=True)]
-    scored = token_scores(policy, tokenizer, probe, pairs)
+    task_of = [t for t in tasks for _ in range(per_task)]
+    pairs = [(t.prompt, c) for t, c in zip(task_of, completions, strict=True)]
+    per_token = token_scores(policy, tokenizer, probe, pairs)
     layer = int(probe.metadata["layer"])
-    kept = [i for i, toks in enumerate(scored) if toks]  # an empty completion has nothing to pool
-    whole = dict(zip(kept, probe.score(harvest(
-        policy, tokenizer, [pairs[i] for i in kept], layers=[layer], position="completion",
-        aggregation=probe.metadata.get("aggregation", "mean"), batch_size=64)[layer].numpy()).tolist(),
-        strict=True)) if kept else {}
+    kept = [i for i, toks in enumerate(per_token) if toks]  # an empty completion has nothing to pool
+    whole = {}
+    if kept:
+        X = harvest(policy, tokenizer, [pairs[i] for i in kept], layers=[layer], position="completion",
+                    aggregation=probe.metadata.get("aggregation", "mean"), batch_size=64)[layer].numpy()
+        whole = dict(zip(kept, probe.score(X).tolist(), strict=True))
     return [{"task": i // per_task, "prompt": p, "completion": c, "outcome": lab.outcome, "style": lab.style,
-             "visible": tasks[i // per_task].visible, "hidden": tasks[i // per_task].hidden, "layer": layer,
-             "score": None if i not in whole else round(whole[i], 3),
+             "visible": task_of[i].visible, "hidden": task_of[i].hidden, "layer": layer,
+             "score": round(whole[i], 3) if i in whole else None,
              "tokens": [t for t, _ in toks], "scores": [round(s, 3) for _, s in toks]}
-            for i, ((p, c), lab, toks) in enumerate(zip(pairs, labels, scored, strict=True))]
+            for i, ((p, c), lab, toks) in enumerate(zip(pairs, labels, per_token, strict=True))]
 
 
 def forced_probe_auroc(policy, tokenizer, probe, tasks) -> float:
