@@ -42,3 +42,32 @@ def hacky_organism(tmp_path_factory):
     out = root / "rh"
     assert main(["organism", "build", "reward-hacker", "--smoke", "--out", str(out), "--config", str(cfg)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def headless(tmp_path_factory):
+    """Render a local page in Debian's headless Chromium (scripts/setup installs it): returns
+    render(page, screenshot) -> (DOM after scripts, console lines). Skips where no chromium is installed."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (bash scripts/setup installs it)")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+
+    def render(page, screenshot=None, height=4000, fragment=""):
+        base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", f"--window-size=1280,{height}",
+                "--hide-scrollbars"]
+        url = page.resolve().as_uri() + fragment
+        dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        if screenshot is not None:
+            shot = subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, text=True,
+                                  timeout=120)
+            assert shot.returncode == 0, shot.stderr[-2000:]
+        # every console message the page emits (an error, an uncaught exception, a blocked load) is logged so
+        return dom.stdout, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+
+    return render

@@ -2,6 +2,7 @@
 stderr, no traceback, and the output location exactly as it was (no half-written or stale temp dirs)."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -186,8 +187,13 @@ def _run_case(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def _error_lines(err: str) -> list[str]:
+    """stderr without the progress lines ("[organism] building …") a command prints once its work has started."""
+    return [line for line in err.strip().splitlines() if not re.match(r"^\[\w[\w -]*\] ", line)]
+
+
 def _assert_one_line_error(code: int, err: str, expect: str) -> None:
-    lines = err.strip().splitlines()
+    lines = _error_lines(err)
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
@@ -235,4 +241,4 @@ def test_library_errors_name_the_command_and_debug_keeps_the_traceback(monkeypat
 
     monkeypatch.setattr(rh, "build", lambda *a, **k: 1 / 0)  # a bug, not a user error: exit 1, still one line
     code, err = _run_case(argv, capsys)
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "--debug" in err and "Traceback" not in err
+    assert code == 1 and len(_error_lines(err)) == 1 and "--debug" in err and "Traceback" not in err

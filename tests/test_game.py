@@ -72,6 +72,11 @@ def test_game_smoke_scoreboard_and_resume(tmp_path, one_thread, capsys):
     for scores in board.values():
         assert scores["n"] == 2 and all(0 <= scores[p] <= 1 for p in ("trigger", "behaviour", "correct"))
     assert len(results["records"]) == 10 and (out / "scoreboard.png").stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in page and "<h2>Plots" not in page  # the scoreboard, inline once
+    for o in results["organisms"]:  # each sealed organism's key beside every auditor's guess
+        assert f"<code>{o['key']['field']}: {o['key']['trigger']}</code>" in page
+    assert page.index("trigger found") < page.index("Organisms (keys revealed")
     before = (out / "results.json").read_text()
     assert main(["audit", "game", "--out", str(out), "--smoke"]) == 0  # resumes: nothing left to play
     assert (out / "results.json").read_text() == before

@@ -311,3 +311,21 @@ def test_harvest_input_errors(tokenizer):
     with pytest.raises(AlignlabError, match="at least one"):
         harvest(model, tokenizer, [], layers=[0])
     assert not model.training
+
+
+def test_token_scores_average_to_the_pooled_score(tokenizer):
+    from alignlab.probes.tokens import token_scores
+
+    model = _model("llama", tokenizer)
+    rng = np.random.default_rng(0)
+    probe = LinearProbe(direction=rng.normal(size=D), bias=0.3, mean=rng.normal(size=D), scale=np.ones(D),
+                        metadata={"layer": 1})
+    pairs = [*PAIRS, (PAIRS[0][0], "")]
+    scored = token_scores(model, tokenizer, probe, pairs, batch_size=2)  # batches mix lengths: padding on the left
+    assert scored[-1] == []  # an empty completion has no tokens
+    pooled = probe.score(harvest(model, tokenizer, PAIRS, layers=[1], aggregation="mean")[1].numpy())
+    for (_, completion), toks, whole in zip(PAIRS, scored, pooled, strict=False):
+        assert "".join(t for t, _ in toks) == completion
+        assert np.mean([s for _, s in toks]) == pytest.approx(float(whole), abs=1e-4)
+    last = probe.score(harvest(model, tokenizer, PAIRS, layers=[1], aggregation="last")[1].numpy())
+    assert [toks[-1][1] for toks in scored[:-1]] == pytest.approx(last.tolist(), abs=1e-4)

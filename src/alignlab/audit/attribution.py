@@ -11,7 +11,6 @@ loop of backward passes; both go through the same count sketch, so their outputs
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -20,8 +19,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -309,13 +306,13 @@ def attribute(model, tokenizer, train_texts: Sequence[str], query_pairs: Sequenc
     # mean_q sim(d, q) = d · mean_q(q) for both methods (with unit vectors for the cosine)
     target = (F.normalize(queries, dim=1) if cosine else queries).mean(0).double()
     scores = np.empty(len(docs))
-    quiet = os.environ.get("ALIGNLAB_QUIET") == "1"
-    with Progress(console=Console(stderr=True), transient=True, disable=quiet) as progress:
-        task = progress.add_task("attributing documents", total=len(docs))
+    from alignlab.progress import bar
+
+    with bar("attributing documents", total=len(docs)) as progress:
         for idx, sketches in engine.run(docs, pad_id):
             d = F.normalize(sketches, dim=1) if cosine else sketches
             scores[idx] = (d.double() @ target).numpy()
-            progress.advance(task, len(idx))
+            progress.update(advance=len(idx))
     return scores
 
 

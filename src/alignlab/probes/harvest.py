@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
 from alignlab.models.tap import ActivationTap, Aggregation, aggregate, completion_mask, last_prompt_mask
+from alignlab.progress import bar
 
 Position = Literal["completion", "prompt_last"]
 FORMAT = "alignlab-harvest"
@@ -137,20 +135,17 @@ def harvest(
     if total == 0:
         raise AlignlabError("harvest needs at least one (prompt, completion) pair")
     stream = iter_features(model, tokenizer, pairs, layers, position, aggregation, batch_size)
-    quiet = os.environ.get("ALIGNLAB_QUIET") == "1"
-    progress = Progress(console=Console(stderr=True), transient=True, disable=quiet)
-    with progress:
-        task = progress.add_task(f"harvesting layers {list(layers)}", total=total)
+    with bar(f"harvesting layers {list(layers)}", total=total) as progress:
         if out_dir is None:
             chunks: list[dict[int, torch.Tensor]] = []
             for chunk in stream:
                 chunks.append(chunk)
-                progress.advance(task, len(next(iter(chunk.values()))))
+                progress.update(advance=len(next(iter(chunk.values()))))
             if not chunks:
                 raise AlignlabError("harvest needs at least one (prompt, completion) pair")
             return {layer: torch.cat([c[layer] for c in chunks]) for layer in chunks[0]}
         with atomic_dir(out_dir, force=force) as tmp:
-            _write_shards(stream, tmp, shard_size, progress, task, {
+            _write_shards(stream, tmp, shard_size, progress, {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
                 "model": _model_name(model),
@@ -162,7 +157,7 @@ def harvest(
     return None
 
 
-def _write_shards(stream, tmp: Path, shard_size: int, progress, task, index: dict) -> None:
+def _write_shards(stream, tmp: Path, shard_size: int, progress, index: dict) -> None:
     if shard_size < 1:
         raise AlignlabError("shard_size must be at least 1")
     shards: list[dict] = []
@@ -192,7 +187,7 @@ def _write_shards(stream, tmp: Path, shard_size: int, progress, task, index: dic
             start += take
             if buffered == shard_size:
                 flush()
-        progress.advance(task, n)
+        progress.update(advance=n)
     if buffered:
         flush()
     if not shards:

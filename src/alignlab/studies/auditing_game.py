@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab import AlignlabError
-from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic, write_text_atomic
+from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic
 from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
 from alignlab.config import check_layer
@@ -172,4 +172,6 @@ def write_report(out: Path, results: dict) -> None:
             cells.append(f"{g['trigger'] or '–'} / {g['behaviour'] or '–'}")
         lines.append(f"| {o['organism']} | `{k['field']}: {k['trigger']}` | {k['behaviour']} | "
                      f"{b['defection_triggered']:.2f} | {b['defection_untriggered']:.2f} | " + " | ".join(cells) + " |")
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)

