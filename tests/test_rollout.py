@@ -145,7 +145,7 @@ def test_probe_reward_scores_ride_on_the_rollout(tiny, tasks):
         return [0.0] * len(prompts)
 
     cfg = GRPORunConfig(steps=2, prompts_per_step=2, num_generations=4, max_completion_length=12,
-                        learning_rate=1e-2, precision="fp32")  # bf16 rounds the two paths differently (~1e-3)
+                        learning_rate=1e-2)
     train_grpo(model, tokenizer, tasks, [GraderReward(tasks), reward, spy], cfg, on_trainer=reward.attach)
     assert reward.from_rollout and checked == [8, 8]
 
@@ -167,20 +167,16 @@ def test_fast_rollout_refuses_settings_it_does_not_implement(tiny, tasks, tmp_pa
 
 
 def test_precision_follows_the_hardware(tmp_path, monkeypatch):
-    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
-    avx2.write_text("processor : 0\nflags : fpu avx avx2 fma\n")
-    bf16.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
-    assert not hardware.cpu_has_bf16(str(avx2))
-    assert hardware.cpu_has_bf16(str(bf16))
-    assert not hardware.cpu_has_bf16(str(tmp_path / "missing"))
-    monkeypatch.setattr(hardware, "bf16_native", lambda: False)
-    assert hardware.resolve_precision("auto") == "fp32"
-    assert not grpo_args(GRPORunConfig(), str(tmp_path)).bf16  # TRL's own default would be bf16=True
-    monkeypatch.setattr(hardware, "bf16_native", lambda: True)
-    assert hardware.resolve_precision("auto") == "bf16"
-    assert hardware.resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    assert not hardware.bf16_native() and hardware.resolve_precision("auto") == "fp32"
     args = grpo_args(GRPORunConfig(), str(tmp_path))
-    assert not args.gradient_checkpointing
+    assert not args.bf16 and not args.gradient_checkpointing  # TRL's own defaults would be True and True
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported", lambda: True)
+    assert hardware.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported", lambda: False)
+    assert hardware.resolve_precision("auto") == "fp32"
+    assert hardware.resolve_precision("bf16") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         hardware.resolve_precision("fp8")
 
@@ -249,10 +245,9 @@ def test_fast_trainer_keeps_trls_hook_points():
     assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters
 
 
-def test_a_trained_policy_is_measured_without_the_bf16_autocast_wrapper(tiny, tasks, monkeypatch):
+def test_a_trained_policy_is_measured_without_the_bf16_autocast_wrapper(tiny, tasks):
     model = copy.deepcopy(tiny[0])
-    monkeypatch.setattr(hardware, "bf16_native", lambda: True)
-    cfg = GRPORunConfig(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4)
+    cfg = GRPORunConfig(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4, precision="bf16")
     train_grpo(model, tiny[1], tasks, [GraderReward(tasks)], cfg)
     assert "_original_forward" not in model.__dict__
     with torch.no_grad():

@@ -31,8 +31,8 @@ class GRPORunConfig:
     # since the generation engine does not expose them.
     use_vllm: bool = False
     vllm_mode: str = "colocate"
-    # "auto": bf16 where the hardware runs it natively (CUDA with bf16, a CPU with AVX512-BF16/AMX), else fp32.
-    # TRL's own default is bf16 everywhere, which an AVX2-only CPU emulates at 6.8x the cost of fp32 (measured).
+    # "auto": bf16 on a CUDA GPU that supports it, fp32 on a CPU (see train/hardware.py for the measurements);
+    # TRL's own default is bf16 everywhere, which an AVX2-only CPU emulates at 6.8x the cost of fp32.
     precision: str = "auto"
     # off: the tiny default model needs no activation memory saving, and recomputing the forward pass in the
     # backward costs time (TRL defaults it on)
