@@ -117,7 +117,9 @@ def test_health_verdict_names_what_failed():
     h = health([*good, _rec("monitor", 1, 0.0, 0.1, malformed=0.5)], start)
     assert h["collapsed"] and not h["miscalibrated"] and "`monitor` seed 1" in health_line(h, 0.3)
     h = health([*good[:2], _rec("probe_reward", 0, 0.0, 0.2)], start)  # no collapse, but honest solving fell
-    assert not h["healthy"] and h["honest_below_start"] == ["`probe_reward` seed 0 (0.200)"]
+    assert not h["healthy"] and h["honest_below_start"] == ["`probe_reward` seed 0 (0.200 < 0.300)"]
+    h = health([*good[:2], _rec("probe_reward", 0, 0.0, 0.2)], {**start, "by_seed": {"0": 0.15}})
+    assert h["healthy"]  # compared with its own seed's start
 
 
 def test_a_probe_dir_cut_short_is_refitted_and_results_hold_no_absolute_paths(smoke_study, hacky_organism):
