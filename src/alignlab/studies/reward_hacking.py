@@ -47,10 +47,11 @@ TRAIN_SEED_OFFSET = 3_000_017
 class RewardHackingConfig:
     arms: tuple[str, ...] = ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
-    # chosen by the health sweep in docs/reward_hacking.md: at lr 3e-4, β 0.04, 100 steps `none` hacks ≥ 0.96 on
-    # every seed while the oracle and the probe reward end at hack ≤ 0.003 with honest solving above the start;
-    # the old lr 1e-3, β 0, 25 steps collapsed penalised policies into malformed output
-    grpo: GRPORunConfig = field(default_factory=lambda: GRPORunConfig(steps=100, learning_rate=3e-4, beta=0.04))
+    # chosen by the health sweep in docs/reward_hacking.md (lr 3e-4, β 0.04): at step 50 every arm × seed met the
+    # health conditions (`none` hack ≥ 0.93; blocking arms hack ≤ 0.01, honest above their seed's start,
+    # malformed ≤ 0.062); by step 100 the live-policy probe reward had drifted below its start on one seed
+    # (0.295 → 0.328 → 0.270, malformed 0.052). The old lr 1e-3, β 0, 25 steps collapsed penalised policies.
+    grpo: GRPORunConfig = field(default_factory=lambda: GRPORunConfig(steps=50, learning_rate=3e-4, beta=0.04))
     penalty: float = 1.0  # probe_reward*, oracle, monitor
     penalty_mode: str = "flat"  # or "continuous" (probe rewards)
     probe_lambda: float = 0.1  # probe_loss: λ · term(probe logit)
@@ -86,10 +87,10 @@ class RewardHackingConfig:
 
 
 def quick_config(seeds: int = 1) -> RewardHackingConfig:
-    # one seed, 60 steps (the sweep's `none` hacked ≥ 0.92 by step 50 on every seed), no mid-run checkpoint,
-    # smaller evaluations; the GRPO batch stays as in the default because halving it (4 prompts x 8) made `none`
-    # collapse instead of hack (KL 53 nats, measured)
-    return RewardHackingConfig(seeds=tuple(range(seeds)), grpo=GRPORunConfig(steps=60, learning_rate=3e-4, beta=0.04),
+    # one seed, 40 steps (60 took 3 min 54 s for the six arms), no mid-run checkpoint, smaller evaluations; the
+    # GRPO batch stays as in the default because halving it (4 prompts x 8) made `none` collapse instead of hack
+    # (KL 53 nats, measured)
+    return RewardHackingConfig(seeds=tuple(range(seeds)), grpo=GRPORunConfig(steps=40, learning_rate=3e-4, beta=0.04),
                                probe_data=ProbeDataConfig(n_tasks=150), eval_tasks=50, checkpoints=0)
 
 
