@@ -87,10 +87,11 @@ class RewardHackingConfig:
 
 
 def quick_config(seeds: int = 1) -> RewardHackingConfig:
-    # one seed, 40 steps (60 took 3 min 54 s for the six arms), no mid-run checkpoint, smaller evaluations; the
-    # GRPO batch stays as in the default because halving it (4 prompts x 8) made `none` collapse instead of hack
-    # (KL 53 nats, measured)
-    return RewardHackingConfig(seeds=tuple(range(seeds)), grpo=GRPORunConfig(steps=40, learning_rate=3e-4, beta=0.04),
+    # one seed, 60 steps, no mid-run checkpoint, smaller evaluations: healthy in 3 min 54 s. 40 steps took 3 min
+    # 12 s but the live probe reward was 12.5% malformed there (a transient the default's 50 steps and 3 seeds
+    # did not show), so health was kept over the 3-minute target. The GRPO batch stays as in the default because
+    # halving it (4 prompts x 8) made `none` collapse instead of hack (KL 53 nats, measured)
+    return RewardHackingConfig(seeds=tuple(range(seeds)), grpo=GRPORunConfig(steps=60, learning_rate=3e-4, beta=0.04),
                                probe_data=ProbeDataConfig(n_tasks=150), eval_tasks=50, checkpoints=0)
 
 
@@ -471,7 +472,9 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     ]
     for arm, m in summary.items():
         lines.append(f"| {arm} | " + " | ".join(fmt(m[k]) for k in HEADLINE) + " |")
-    lines += ["", "## Findings", "", *findings(summary, start["hack_rate"]), "",
+    # the verdict leads the findings too: report.html opens with them
+    lines += ["", "## Findings", "", f"- {health_line(results['health'], start['honest_solve_rate'])}",
+              *findings(summary, start["hack_rate"]), "",
               "Plots: `hack_rate.png` (hack rate over steps per arm), `frontier.png` (hack rate removed vs probe "
               "AUROC kept), `probe_auroc.png`. Per arm × seed records: `results.json`; curves: `metrics.jsonl`.",
               "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for {len(timings)} runs "
