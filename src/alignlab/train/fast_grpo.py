@@ -41,10 +41,11 @@ class FastGRPOTrainer(GRPOTrainer):
         self.fast = fast
 
     def _shared_prefix_ok(self, model, compute_aux_loss: bool, kwargs: dict) -> bool:
+        # a wrapped model (DDP, FSDP, DeepSpeed) has no config: its wrapping is checked first
+        if not (self.fast and self.accelerator.num_processes == 1 and model is self.accelerator.unwrap_model(model)):
+            return False
         config = model.config.get_text_config()
-        return (self.fast and not compute_aux_loss and self.accelerator.num_processes == 1
-                and model is self.accelerator.unwrap_model(model) and not self.args.gradient_checkpointing
-                and not self.args.cast_lm_head_to_fp32
+        return (not compute_aux_loss and not self.args.gradient_checkpointing and not self.args.cast_lm_head_to_fp32
                 and all(kwargs.get(k) is None for k in _MULTIMODAL)
                 and all(getattr(config, a, None) is None for a in _SCALING_ATTRS))
 
