@@ -12,6 +12,7 @@ from pathlib import Path
 from alignlab import AlignlabError
 from alignlab.artifacts import versions
 from alignlab.bench.common import fmt_target, fmt_value, verdict
+from alignlab.train.hardware import resolve_precision
 
 BENCHMARKS = ("harvest", "grpo_step", "objectives", "attribution", "studies")
 
@@ -55,6 +56,8 @@ def write_markdown(path: Path, results: list[dict], info: dict, quick: bool, com
         f"Machine: {info['platform']}, {info['processor']}, {info['cpus']} CPUs, torch threads "
         f"{info['torch_threads']}, GPU: {info['gpu'] or 'none'}.", "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items())) + ".", "",
+        f"Precision: GRPO in {resolve_precision('auto')} (train/hardware.py: bf16 only on a bf16 GPU), everything "
+        "else fp32; a row that used another precision says so.", "",
     ]
     for result in results:
         lines += [f"## {result['name']}", "", "| case | value | target | verdict | detail |", "|---|---|---|---|---|"]
