@@ -2,14 +2,15 @@
 
 `generate_ids` is the one sampler: token ids in, completion ids (up to and including EOS) out, with each
 sampled token's log-probability and, optionally, the residual stream at chosen layers for every completion
-token (so a live-policy probe can score a rollout without a second forward pass). It makes the same calls, in
-the same order, as `transformers`' `generate` for plain sampling (left padding, position ids that skip the
-padding, a KV cache, temperature then softmax then `torch.multinomial` on the global RNG, finished rows
-fed the pad token), so under a seed it draws the same tokens; what it leaves out is the per-step machinery of
-`generate` (logits-processor and stopping-criteria objects, kwarg re-preparation, output bookkeeping), and its
-growing cache is replaced by a preallocated one (a growing cache re-copies every layer's keys and values at every
-step: 60% of the decode time of the default organism at 64 x 48 tokens, measured). Only temperature and
-suppressed tokens are supported: no top-k/top-p.
+token (so a live-policy probe can score a rollout without a second forward pass). It feeds the model as
+`transformers`' `generate` does (left padding, position ids that skip the padding, a KV cache), so greedy
+decoding gives exactly `generate`'s tokens. Where `generate` spends a small model's time it does less: a
+preallocated cache (a growing one re-copies every layer's keys and values at every step: 60% of the decode time
+of the default organism at 64 x 48 tokens, measured), one prefill per distinct prompt, finished rows dropped
+from the batch. Sampling is Gumbel-max on noise drawn from the global RNG for every original row at every
+step, so a row's draw does not depend on which rows are still running: the same seed gives the same samples,
+from the same distribution as `generate` (tested), though not the same draws. Only temperature and suppressed
+tokens are supported: no top-k/top-p.
 """
 
 from __future__ import annotations
