@@ -32,8 +32,8 @@ from torch import nn
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
 from alignlab.config import check_rules
-from alignlab.models.tap import ActivationTap
-from alignlab.probes.harvest import _accepts, left_pad
+from alignlab.models.tap import ActivationTap, left_pad
+from alignlab.probes.harvest import _accepts
 
 Architecture = Literal["topk", "relu"]
 CFG_FILENAME = "cfg.json"  # SAELens's SAE_CFG_FILENAME

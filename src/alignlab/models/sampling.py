@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StaticCache
 
-from alignlab.models.tap import find_decoder_layers, resolve_layers
+from alignlab.models.tap import find_decoder_layers, left_pad, resolve_layers
 
 
 @dataclass
@@ -34,16 +34,6 @@ class Rollout:
     completion_ids: list[list[int]]
     logprobs: list[list[float]]
     activations: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -94,7 +84,7 @@ def _generate_chunk(model, prompt_ids, max_new_tokens, eos_ids, pad_id, temperat
     # rows are copied to the rows that share it
     first: dict[tuple, int] = {}
     row_of = torch.tensor([first.setdefault(tuple(p), len(first)) for p in prompt_ids], device=device)
-    ids, prompt_mask = _left_pad([list(k) for k in first], pad_id, device)
+    ids, prompt_mask = left_pad([list(k) for k in first], pad_id, device)
     width = ids.shape[1]
     eos = torch.tensor(eos_ids, device=device)
     suppress = torch.tensor(list(suppress_ids), device=device) if suppress_ids else None

@@ -181,6 +181,17 @@ class ActivationTap:
         return self.activations
 
 
+def left_pad(ids: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for rows of token ids, left-padded to the longest row."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, width - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
 # --- token selection -------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
-from alignlab.models.tap import ActivationTap, Aggregation, aggregate, completion_mask, last_prompt_mask
+from alignlab.models.tap import ActivationTap, Aggregation, aggregate, completion_mask, last_prompt_mask, left_pad
 from alignlab.progress import bar
 
 Position = Literal["completion", "prompt_last"]
@@ -42,17 +42,6 @@ def _encode(tokenizer, pairs: Sequence[tuple[str, str]], position: Position) -> 
         ids.append(p + c)
         prompt_lengths.append(len(p))
     return ids, prompt_lengths
-
-
-def left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) for rows of token ids, left-padded to the longest row."""
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 def _accepts(model, name: str) -> bool:

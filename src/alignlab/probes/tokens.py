@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from alignlab.models.tap import ActivationTap
-from alignlab.probes.harvest import left_pad
+from alignlab.models.tap import ActivationTap, left_pad
 
 
 @torch.no_grad()

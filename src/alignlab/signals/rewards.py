@@ -15,8 +15,7 @@ import torch
 
 from alignlab import AlignlabError
 from alignlab.envs import Task, flawed_reward, label
-from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers, resolve_layers
-from alignlab.probes.harvest import left_pad
+from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers, left_pad, resolve_layers
 from alignlab.probes.probe import LinearProbe
 from alignlab.train.rollout import ROLLOUT_ACTIVATIONS, FastRollout
 

@@ -29,8 +29,9 @@ from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomi
 from alignlab.config import check_layer
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.sampling import sample
+from alignlab.models.tap import left_pad
 from alignlab.organisms import reward_hacker as rh
-from alignlab.probes.harvest import harvest, left_pad
+from alignlab.probes.harvest import harvest
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
 from alignlab.progress import note
@@ -255,28 +256,30 @@ class _RefitProbe(TrainerCallback):
         self.policy.train()
 
 
+def _measure_start(model, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int) -> dict:
+    """The step-0 point ({"metrics", "samples"}): the starting organism on seed `seed`'s held-out tasks."""
+    samples: list = []
+    metrics = _curve(measure(model, model, tokenizer, probe, cfg, task_cfg, seed, full=False, keep=samples))
+    return {"metrics": metrics, "samples": samples}
+
+
 def start_point(organism: Path, probe, cfg: RewardHackingConfig, seed: int, cache: Path) -> dict:
-    """The starting organism measured on seed `seed`'s held-out tasks ({"metrics", "samples"}): the same for every
-    arm, so measured once per seed and kept in `cache` (a study's records dir)."""
+    """The step-0 point, the same for every arm: measured once per seed and kept in `cache` (a records dir)."""
     path = cache / f"start-seed{seed}.json"
     if path.exists():
         return read_json(path, "start measurement")
     model, tokenizer, card = rh.load_organism(organism)
-    samples: list = []
-    m = _curve(measure(model, model, tokenizer, probe, cfg, rh.config_from_card(card).corpus.tasks, seed,
-                       full=False, keep=samples))
-    point = {"metrics": m, "samples": samples}
+    point = _measure_start(model, tokenizer, probe, cfg, rh.config_from_card(card).corpus.tasks, seed)
     write_json_atomic(path, point)
     return point
 
 
 def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log,
-            start_point: dict | None = None, samples: dict | None = None) -> dict:
+            step0: dict | None = None, samples: dict | None = None) -> dict:
     """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points;
-    `start_point` is the step-0 measurement (made here when not given); `samples`, if given, receives the
+    `step0` is the start point (`start_point`; measured here when not given); `samples`, if given, receives the
     held-out completions of the start ("start") and of the trained policy ("final")."""
     samples = {} if samples is None else samples
-    samples |= {"start": [], "final": []}
     policy, tokenizer, card = rh.load_organism(organism)
     start = copy.deepcopy(policy).eval()
     task_cfg = rh.config_from_card(card).corpus.tasks
@@ -305,12 +308,9 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         log({"arm": arm, "seed": seed, "step": step, **{k: v for k, v in m.items() if k != "hack_rate_by_style"}})
         policy.train()
 
-    if start_point is None:
-        start_point = {"metrics": None, "samples": samples["start"]}
-        start_point["metrics"] = _curve(measure(start, start, tokenizer, probe, cfg, task_cfg, seed, full=False,
-                                                keep=samples["start"]))
-    samples["start"] = start_point["samples"]
-    log({"arm": arm, "seed": seed, "step": 0, **start_point["metrics"]})
+    step0 = step0 or _measure_start(start, tokenizer, probe, cfg, task_cfg, seed)
+    samples |= {"start": step0["samples"], "final": []}
+    log({"arm": arm, "seed": seed, "step": 0, **step0["metrics"]})
     every = cfg.grpo.steps // (cfg.checkpoints + 1) if cfg.checkpoints else 0
     grpo = replace(cfg.grpo, seed=seed)
     t0 = time.time()
