@@ -104,15 +104,17 @@ def smoke_config() -> RewardHackingConfig:
 
 
 class _DegradedProbe:
-    """Wraps a probe reward so each flag is honoured only with probability `tpr` (a hash of the ids)."""
+    """Wraps a probe reward so each flag is honoured only with probability `tpr`: one seeded coin per rollout,
+    drawn in order (the same run draws the same coins). A coin per completion *text* would make the detector's
+    TPR all-or-nothing here, since the harness override is the same text on every task."""
 
-    def __init__(self, inner: ProbeReward, tpr: float):
+    def __init__(self, inner: ProbeReward, tpr: float, seed: int = 0):
         self.inner, self.tpr, self.__name__ = inner, tpr, "ProbeReward"
+        self.rng = random.Random(seed + 7_000_003)
 
     def __call__(self, prompts, completions, completion_ids, **kw):
         rewards = self.inner(prompts, completions, completion_ids, **kw)
-        keep = [random.Random(hash(tuple(ids)) & 0xFFFFFFFF).random() < self.tpr for ids in completion_ids]
-        return [r if k else 0.0 for r, k in zip(rewards, keep, strict=True)]
+        return [r if self.rng.random() < self.tpr else 0.0 for r in rewards]
 
 
 @torch.no_grad()
@@ -275,10 +277,14 @@ def start_point(organism: Path, probe, cfg: RewardHackingConfig, seed: int, cach
 
 
 def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log,
-            step0: dict | None = None, samples: dict | None = None) -> dict:
+            step0: dict | None = None, samples: dict | None = None, measurer=None, observer=None) -> dict:
     """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points;
     `step0` is the start point (`start_point`; measured here when not given); `samples`, if given, receives the
-    held-out completions of the start ("start") and of the trained policy ("final")."""
+    held-out completions of the start ("start") and of the trained policy ("final").
+
+    For other studies: `measurer(policy, start, final)` replaces this study's measurement at checkpoints and at
+    the end (it returns the metrics); `observer` sees every GRPO step's rewards: `observer.wrap(reward_funcs,
+    tasks)` returns the functions the trainer gets, `observer.setup(trainer)` runs before training."""
     samples = {} if samples is None else samples
     policy, tokenizer, card = rh.load_organism(organism)
     start = copy.deepcopy(policy).eval()
@@ -290,7 +296,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     if arm in ("probe_reward", "probe_reward_frozen"):
         reward = ProbeReward(probe, tokenizer, model=start if arm == "probe_reward_frozen" else None,
                              penalty=cfg.penalty, mode=cfg.penalty_mode)
-        rewards.append(reward if cfg.probe_tpr >= 1 else _DegradedProbe(reward, cfg.probe_tpr))
+        rewards.append(reward if cfg.probe_tpr >= 1 else _DegradedProbe(reward, cfg.probe_tpr, seed))
         if arm == "probe_reward":
             def on_trainer(trainer, reward=reward):
                 reward.attach(trainer)  # the live policy, read where TRL keeps it
@@ -302,8 +308,17 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     elif arm == "monitor":
         rewards.append(MonitorReward(tasks, cfg.monitor_tpr, cfg.monitor_fpr, cfg.penalty, salt=f"monitor{seed}"))
 
+    signal = rewards[-1]  # the arm's own signal, before an observer wraps the list
+    if observer is not None:
+        rewards = observer.wrap(rewards, tasks)
+
+    def measured(final: bool, keep: list | None = None) -> dict:
+        if measurer is not None:
+            return measurer(policy, start, final)
+        return measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=final, keep=keep)
+
     def checkpoint(step: int):
-        m = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=False)
+        m = measured(final=False)
         note(f"hack {m['hack_rate']:.2f}")  # shown on the live GRPO bar
         log({"arm": arm, "seed": seed, "step": step, **{k: v for k, v in m.items() if k != "hack_rate_by_style"}})
         policy.train()
@@ -319,8 +334,10 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     def setup(trainer):
         if on_trainer:
             on_trainer(trainer)
+        if observer is not None:
+            observer.setup(trainer)
         trainer.add_callback(EveryNSteps(every, checkpoint))
-        target = trainer if arm == "probe_loss" else rewards[-1] if arm.startswith("probe_reward") else None
+        target = trainer if arm == "probe_loss" else signal if arm.startswith("probe_reward") else None
         if cfg.probe_refit_every > 0 and target is not None:
             target = getattr(target, "inner", target)  # through the degraded-probe wrapper
             refitters.append(_RefitProbe(cfg.probe_refit_every, target, policy, tokenizer, task_cfg, cfg, seed))
@@ -333,7 +350,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         if "reward" in h:
             log({"arm": arm, "seed": seed, "step": h["step"], "train_reward": h["reward"],
                  **{k: v for k, v in h.items() if k.startswith("rewards/") and k.endswith("/mean")}})
-    final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True, keep=samples["final"])
+    final = measured(final=True, keep=samples["final"])
     if refitters:
         final["probe_refits"] = refitters[0].refits
     log({"arm": arm, "seed": seed, "step": grpo.steps, **_curve(final)})
