@@ -230,9 +230,9 @@ def plot_trajectories(curves, methods, path: Path) -> None:
                         textcoords="offset points")
         ax.set_xlabel("deployed probe recall on forced hacks" if i == 0 else "probe AUROC on forced completions")
         ax.set_ylabel("true hack rate (held-out)")
-        ax.invert_xaxis()
+        ax.set_xlim(*((1.03, -0.03) if i == 0 else (1.01, 0.45)))  # the start (healthy) on the left
         ax.grid(alpha=0.3)
-        ax.set_title("each method's path from the start (right) as it trains", fontsize=8)
+        ax.set_title("each method's path from the start (left) as it trains", fontsize=8)
     fig.axes[0].legend(fontsize=7)
     save_figure(fig, path)
 
@@ -307,8 +307,8 @@ def plot_mechanism(curves, methods, path: Path) -> None:
             steps = sorted({c["step"] for c in pts})
             if steps:
                 ys = np.array([np.mean([c[key] for c in pts if c["step"] == s]) for s in steps])
-                k = min(5, len(ys))
-                ax.plot(steps, np.convolve(ys, np.ones(k) / k, mode="same"), label=method)
+                k = min(5, len(ys))  # a 5-step running mean, plotted at each window's last step
+                ax.plot(steps[k - 1:], np.convolve(ys, np.ones(k) / k, mode="valid"), label=method)
         ax.set_xlabel("GRPO step")
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
