@@ -76,7 +76,7 @@ def test_a_sweep_cell_equal_to_a_main_run_is_that_run():
     assert "tpr_beta" in runs["probe_reward"]["groups"]
     assert runs["probe_reward@grpo.beta=0.2@probe_tpr=0.5"]["seeds"] == {0}
     total = sum(len(r["seeds"]) for r in runs.values())
-    assert total == 6 * 3 + 4 + 3 + 11 + 4 + 4  # main + λ + penalty + TPR×β + pooling + style, no duplicates
+    assert total == 6 * 3 + 5 + 3 + 11 + 4 + 4  # main + λ + penalty + TPR×β + pooling + style, no duplicates
     assert pf.run_config(cfg, runs["probe_loss@probe_lambda=10.0"]).checkpoints == cfg.sweep_checkpoints
 
 

@@ -372,7 +372,7 @@ def study_reward_hacking(
 @study_app.command("probe-frontier")
 def study_probe_frontier(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    quick: bool = typer.Option(False, "--quick", help="One seed, 40 steps, two TPR cells: about 5 minutes."),
+    quick: bool = typer.Option(False, "--quick", help="The main group, one seed, 40 steps: about 5 minutes."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
     organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),

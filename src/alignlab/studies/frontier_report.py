@@ -84,7 +84,7 @@ def _rates(records, curves, starts) -> dict:
                                                                      else removed / lost)
         row["per_seed"] = per_seed
         row["order"] = _order(per_seed)
-        row["verdict"] = _verdict(row["faster_by"]) if method != "none" else "reference"
+        row["verdict"] = _verdict(row["faster_by"], per_seed) if method != "none" else "reference"
         row["failure_modes"] = {k: sum(s["failure_mode"] == k for s in per_seed)
                                 for k in dict.fromkeys(s["failure_mode"] for s in per_seed)}
         out[method] = row
@@ -94,17 +94,23 @@ def _rates(records, curves, starts) -> dict:
 NOTHING_LOST = 0.01  # mean recall lost at or below this: the ratio is reported as ∞
 
 
-def _verdict(diff: tuple) -> str:
-    """From removed − lost (both averaged over the run's checkpoints): its 95% CI over seeds excludes 0, or not."""
+def _verdict(diff: tuple, per_seed: list[dict]) -> str:
+    """From removed − lost (both averaged over the run's checkpoints): clear when its 95% CI over seeds excludes
+    0; otherwise the seeds' votes are given (3 seeds that agree can still leave the CI across 0)."""
     mean, half = diff
     if mean is None:
         return "n/a"
-    half = half or 0.0
-    if mean - half > 0:
+    if half is not None and mean - half > 0:
         return "removed faster"
-    if mean + half < 0:
+    if half is not None and mean + half < 0:
         return "blinded faster"
-    return "no clear difference"
+    signs = [p["faster_by"] > 0 for p in per_seed if p["faster_by"] is not None and p["faster_by"] != 0]
+    n, k = len(signs), sum(signs)
+    side = "removed faster" if k > n - k else "blinded faster" if k < n - k else None
+    if side is None:
+        return "no clear difference"
+    ci = "one seed, no CI" if half is None else "its 95% CI includes 0"
+    return f"{side} on {max(k, n - k)}/{n} seeds ({ci})"
 
 
 def _order(per_seed: list[dict]) -> str:
@@ -225,9 +231,18 @@ def plot_trajectories(curves, methods, path: Path) -> None:
             if not pts:
                 continue
             _, xs, xe, ys, ye = zip(*pts, strict=True)
-            line = ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="o-", ms=3, capsize=2, label=method, alpha=0.85)
-            ax.annotate("end", (xs[-1], ys[-1]), fontsize=6, color=line[0].get_color(), xytext=(3, 3),
-                        textcoords="offset points")
+            # a t-interval over 3 seeds can run past [0, 1]: the bars are clipped there, and each seed's own path
+            # is drawn faintly, so a bimodal method shows as two paths rather than one wide bar
+            xs, ys = np.array(xs), np.array(ys)
+            xerr = [np.minimum(xe, xs), np.minimum(xe, 1 - xs)]
+            yerr = [np.minimum(ye, ys), np.minimum(ye, 1 - ys)]
+            line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-", ms=3, capsize=2, label=method, alpha=0.85)
+            colour = line[0].get_color()
+            for seed in sorted({c["seed"] for c in curves if c["arm"] == method}):
+                own = _points(curves, method, seed, x)
+                ax.plot([p[x] for p in own], [p["hack_rate"] for p in own], color=colour, lw=0.6, alpha=0.35)
+            ax.annotate("end", (xs[-1], ys[-1]), fontsize=6, color=colour, xytext=(3, 3), textcoords="offset points")
+        ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("deployed probe recall on forced hacks" if i == 0 else "probe AUROC on forced completions")
         ax.set_ylabel("true hack rate (held-out)")
         ax.set_xlim(*((1.03, -0.03) if i == 0 else (1.01, 0.45)))  # the start (healthy) on the left
@@ -270,13 +285,13 @@ def plot_phase(phase: dict, path: Path) -> None:
     im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto", origin="lower")
     ax.set_xticks(range(len(betas)), [f"β {b}" for b in betas])
     ax.set_yticks(range(len(tprs)), [f"TPR {t}" for t in tprs])
+    title = "probe reward: detector TPR × KL coefficient"
     if phase.get("predicted_tpr_boundary") is not None and len(tprs) > 1:
         y = np.interp(phase["predicted_tpr_boundary"], tprs, range(len(tprs)))
         ax.axhline(y, color="k", ls="--", lw=0.8)
-        ax.annotate("hacking pays below (expected value at the start)", (0, y), fontsize=6, xytext=(0, 3),
-                    textcoords="offset points")
+        title += f"\n(dashed: TPR {phase['predicted_tpr_boundary']:.2f}, below which hacking pays in expectation)"
     fig.colorbar(im, ax=ax, label="final hack rate")
-    ax.set_title("probe reward: detector TPR × KL coefficient", fontsize=8)
+    ax.set_title(title, fontsize=8)
     save_figure(fig, path)
 
 
@@ -339,7 +354,7 @@ def answer(rates: dict) -> str:
     faster, slower = groups.pop("removed faster", []), groups.pop("blinded faster", [])
     parts = [f"**Removed hacking faster than they blinded the probe**: {'; '.join(faster) or 'none'}.",
              f"**Blinded the probe faster than they removed hacking**: {'; '.join(slower) or 'none'}."]
-    parts += [f"**{k.capitalize()}**: " + "; ".join(v) + "." for k, v in groups.items()]
+    parts += [f"**{k[0].upper() + k[1:]}**: " + "; ".join(v) + "." for k, v in groups.items()]
     return head + " ".join(parts)
 
 
@@ -426,12 +441,13 @@ def _pooling_lines(results: dict, methods) -> list[str]:
              and k != "probe_forced_recall_deployed"]
     lines = ["", "## Probes the policy was not trained against (end): pooling, one style, other layers", "",
              "Deployed recall on forced hacks, with AUROC in brackets; `main` is the mean-pooled probe in the loop.",
-             "", "| run | main | " + " | ".join(pools) + " | completion tokens | filler share |",
-             "|" + "---|" * (4 + len(pools))]
+             "", "| run | hack | main | " + " | ".join(pools) + " | completion tokens | filler share |",
+             "|" + "---|" * (5 + len(pools))]
     for key, m in summary.items():
         cells = [f"{_f(m.get(f'probe_{p}_forced_recall_deployed', (None,))[0])} "
                  f"({_f(m.get(f'probe_{p}_forced_auroc', (None,))[0])})" for p in pools]
-        lines.append(f"| {key} | {_f(m['probe_forced_recall_deployed'][0])} ({_f(m['probe_forced_auroc'][0])}) | "
+        lines.append(f"| {key} | {_f(m['hack_rate'][0])} | {_f(m['probe_forced_recall_deployed'][0])} "
+                     f"({_f(m['probe_forced_auroc'][0])}) | "
                      + " | ".join(cells) + f" | {_f(m['completion_tokens'][0], 1)} | {_f(m['filler_share'][0])} |")
     style = {k: m for k, m in summary.items() if "@style_" in k}
     if style:
@@ -463,7 +479,8 @@ def _sweep_lines(results: dict) -> list[str]:
         keys = list(dict.fromkeys(r["arm"] for r in records if group in r["groups"]))
         if not keys:
             continue
-        lines += ["", f"## Sweep: {label} (seed(s) {sorted({r['seed'] for r in records if group in r['groups']})})",
+        seeds = sorted({r["seed"] for r in records if group in r["groups"] and "main" not in r["groups"]})
+        lines += ["", f"## Sweep: {label} (seed(s) {seeds}; the base value's row is the main run, every seed)",
                   "", f"| {label} | hack | honest | malformed | KL | forced AUROC | forced recall deployed | "
                   "policy-reader recall |", "|---|---|---|---|---|---|---|---|"]
         for key in keys:

@@ -89,8 +89,9 @@ class ProbeFrontierConfig:
                 "read off the main group's seeds)"})
     sweep_checkpoints: int = field(default=1, metadata={
         "help": "mid-run checkpoints of a sweep run (the end points make the phase diagram)"})
-    lambdas: tuple[float, ...] = field(default=(0.1, 0.3, 1.0, 3.0, 10.0), metadata={
-        "help": "probe-loss λ: from no effect (0.1, measured) to past the policy's breaking point"})
+    lambdas: tuple[float, ...] = field(default=(0.1, 0.3, 1.0, 3.0, 10.0, 100.0), metadata={
+        "help": "probe-loss λ: from no effect (0.1, measured) upwards; 10 still left the policy healthy "
+                "(malformed 3%, KL 1.4, measured), so 100 looks for its breaking point"})
     penalties: tuple[float, ...] = field(default=(0.1, 0.3, 1.0, 3.0), metadata={
         "help": "probe-reward penalty; 1.0 equals the grader's top reward"})
     tprs: tuple[float, ...] = field(default=(1.0, 0.9, 0.7, 0.5), metadata={
@@ -132,12 +133,12 @@ class ProbeFrontierConfig:
 
 
 def quick_config() -> ProbeFrontierConfig:
-    # one seed, 40 steps with a checkpoint every 8, a smaller eval, and of the sweeps only two TPR cells:
-    # about 5 minutes on this CPU with the organism already built
+    # the main group only, one seed, 40 steps with a checkpoint every 8 (6 points), a smaller eval: about
+    # 5 minutes on this CPU with the organism built. At 40 steps `none` reached hack 0.92 (measured), so the
+    # sanity arm still holds; a TPR 0.5 cell was dropped to keep to the budget
     return ProbeFrontierConfig(
         base=replace(_base(), grpo=GRPORunConfig(steps=40, learning_rate=3e-4, beta=0.04), checkpoints=4),
-        seeds=(0,), groups=("main", "tpr_beta"), tprs=(1.0, 0.5), betas=(0.04,), eval_tasks=32,
-        probe_data=ProbeDataConfig(n_tasks=200))
+        seeds=(0,), groups=("main",), eval_tasks=32, probe_data=ProbeDataConfig(n_tasks=200))
 
 
 def smoke_config() -> ProbeFrontierConfig:
