@@ -655,6 +655,7 @@ def report(
                                     "run; required for several)."),
 ) -> None:
     """(Re)build a study's self-contained report.html, or one page comparing runs of the same study."""
+    from alignlab.artifacts import write_text_atomic
     from alignlab.studies import html
 
     if len(dirs) > 1 and out is None:
@@ -662,7 +663,8 @@ def report(
     if out is not None and not out.parent.is_dir():
         raise AlignlabError(f"--out {out}: directory {out.parent} does not exist")
     text = html.page(dirs[0]) if len(dirs) == 1 else html.compare_page(dirs)
-    path = html.write_atomic(out or dirs[0] / "report.html", text)
+    path = out or dirs[0] / "report.html"
+    write_text_atomic(path, text)
     console.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, atomic_file, fingerprint, read_json, versions, write_json_atomic
 from alignlab.config import check_rules
-from alignlab.models.tap import ActivationTap, left_pad
-from alignlab.probes.harvest import _accepts
+from alignlab.models.batch import batch_inputs, pad_id
+from alignlab.models.tap import ActivationTap
 
 Architecture = Literal["topk", "relu"]
 CFG_FILENAME = "cfg.json"  # SAELens's SAE_CFG_FILENAME
@@ -315,12 +314,9 @@ def _state_key(acts: torch.Tensor, cfg: SAEConfig) -> str:
 
 
 def _save_state(path: str | Path, tensors: dict, info: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # then rename: a kill mid-save leaves the previous state whole
-    save_file({n: t.detach().cpu().clone().contiguous() for n, t in tensors.items()}, tmp,
-              metadata={"alignlab_train_state": json.dumps(info)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a kill mid-save leaves the previous state whole
+        save_file({n: t.detach().cpu().clone().contiguous() for n, t in tensors.items()}, tmp,
+                  metadata={"alignlab_train_state": json.dumps(info)})
 
 
 def _load_state(path: str | Path, key: str, device) -> tuple[dict, dict] | None:
@@ -517,9 +513,7 @@ def iter_token_batches(model, tokenizer, ids: Sequence[list[int]], layer: int, b
     """
     if batch_size < 1:
         raise AlignlabError("batch_size must be at least 1")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    pass_positions = _accepts(model, "position_ids")
+    pad = pad_id(tokenizer)
     keep = [i for i, row in enumerate(ids) if row]
     was_training = model.training
     model.eval()
@@ -528,12 +522,9 @@ def iter_token_batches(model, tokenizer, ids: Sequence[list[int]], layer: int, b
             (layer_key,) = tap.layers
             for start in range(0, len(keep), batch_size):
                 rows = keep[start : start + batch_size]
-                input_ids, attention_mask = left_pad([ids[i] for i in rows], pad_id or 0, device)
-                inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-                if pass_positions:
-                    inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                inputs = batch_inputs(model, [ids[i] for i in rows], pad)
                 acts = tap.run(**inputs)[layer_key]
-                yield rows, attention_mask.bool().cpu(), acts.float().cpu()
+                yield rows, inputs["attention_mask"].bool().cpu(), acts.float().cpu()
     finally:
         model.train(was_training)
 

@@ -20,7 +20,7 @@ from alignlab.models.sampling import sample
 from alignlab.models.tap import find_decoder_layers, resolve_layers
 from alignlab.probes.harvest import Position, harvest
 from alignlab.probes.metrics import auroc, probe_report, recall_at_fpr
-from alignlab.probes.probe import LinearProbe, fit_diff_of_means, fit_logistic
+from alignlab.probes.probe import PROBE_FITTERS, LinearProbe
 
 PROBE_SEED_OFFSET = 2_000_029  # probe tasks: a random stream apart from the corpus's and the eval's
 
@@ -101,12 +101,8 @@ def style_metrics(probe: LinearProbe, X: np.ndarray, samples: Sequence[LabelledS
 
 
 def fit(X: np.ndarray, y: np.ndarray, method: str, metadata: dict, fpr: float = 0.01) -> LinearProbe:
-    if method == "logistic":
-        probe = fit_logistic(X, y, metadata=metadata)
-    elif method == "diff_of_means":
-        probe = fit_diff_of_means(X, y, metadata=metadata)
-    else:
-        raise AlignlabError(f"unknown probe method {method!r} (expected logistic or diff_of_means)")
+    """A probe of a registered `method` (probes.PROBE_FITTERS), threshold at `fpr` on the negatives."""
+    probe = PROBE_FITTERS[method](X, y, metadata=metadata)
     probe.calibrate_threshold(X[y == 0], fpr=fpr)
     return probe
 

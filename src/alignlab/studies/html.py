@@ -212,16 +212,12 @@ def compare_page(dirs: list[Path]) -> str:
                  f"<h1>{esc(study)}: {len(dirs)} runs compared</h1>" + "<hr>".join(parts))
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    write_text_atomic(path, text)
-    return Path(path)
-
-
 def write_page(out: Path) -> Path:
-    return write_atomic(Path(out) / "report.html", page(out))
+    write_text_atomic(Path(out) / "report.html", page(out))
+    return Path(out) / "report.html"
 
 
 def publish(out: Path, lines: list[str]) -> None:
     """Write report.md (the Markdown lines) and, beside it, report.html."""
-    write_atomic(Path(out) / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(Path(out) / "report.md", "\n".join(lines) + "\n")
     write_page(out)

@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
 from alignlab.envs import generate_task
 from alignlab.envs.pep8 import Pep8CorpusConfig
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
@@ -286,9 +286,8 @@ class Study:
         if not (path / "config.json").exists():
             model = new_model(self.cfg, self.tokenizer, seed)
             pretrain(model, self.tokenizer, self.docs("train"), "mle", self.prefix_budget, self.cfg.objective, seed)
-            tmp = self.shared / f".tmp-mle-prefix-seed{seed}"
-            save_model(model, self.tokenizer, tmp)
-            tmp.replace(path)
+            with atomic_dir(path, force=True) as tmp:
+                save_model(model, self.tokenizer, tmp)
         model, _ = load_model(path)
         return model
 
