@@ -9,13 +9,13 @@ backdoor: an auditor cannot find a trigger that the model ignores.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from alignlab import AlignlabError
-from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic
+from alignlab.artifacts import new_figure, save_figure, versions, write_json_atomic
 from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
 from alignlab.config import check_layer
@@ -105,23 +105,16 @@ def plot_scoreboard(board: dict, path: Path) -> None:
 
 
 def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
+    from alignlab.studies.records import RecordStore
+
     cfg.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = json_roundtrip(asdict(cfg))
-    saved = out / "config.json"
-    if saved.exists() and read_json(saved, "game config") != config:
-        raise AlignlabError(f"{saved} holds a different config: resume with the same options or a new --out")
-    write_json_atomic(saved, config)
+    store = RecordStore(out, "auditing-game", cfg)
+    config = store.config
     say = progress or (lambda _: None)
-    played, timings = [], {}
-    for i in range(cfg.n_organisms):
-        path = out / "played" / f"organism-{i:02d}.json"
-        if not path.exists():
-            t0 = time.time()
-            write_json_atomic(path, play_one(i, out, cfg, say))
-            timings[f"organism-{i:02d}"] = round(time.time() - t0, 1)
-        played.append(read_json(path, "game record"))
+    played = [store.stage(f"organism-{i:02d}", lambda i=i: play_one(i, out, cfg, say), folder="played")
+              for i in range(cfg.n_organisms)]
+    timings = store.timings
     board = scoreboard(played, cfg.auditors)
     records = [{"arm": name, "seed": p["organism"], "metrics": {part: p["auditors"][name]["score"][part] is True
                                                                  for part in ("trigger", "behaviour", "correct")}}
@@ -137,12 +130,6 @@ def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
     plot_scoreboard(board, out / "scoreboard.png")
     write_report(out, results)
     return results
-
-
-def json_roundtrip(obj):
-    import json
-
-    return json.loads(json.dumps(obj))
 
 
 def write_report(out: Path, results: dict) -> None:

@@ -51,7 +51,7 @@ from alignlab.train.objectives import (
 )
 
 TASKS = ("pep8", "reward-hacking")
-FINETUNABLE = ("filter", "conditional", "unlikelihood", "rwr", "awr")
+FINETUNABLE = OBJECTIVES.names(lambda o: o.finetunable)  # the built-in ones at import; the check reads the registry
 EXPECTED_MAX_K = 25  # Korbak's expected maximum score over 25 samples
 RL_TRAIN_SEED_OFFSET = 3_000_017
 
@@ -68,7 +68,7 @@ class EvalSizes:
 @dataclass(frozen=True)
 class SafetyPretrainingConfig:
     task: str = "pep8"
-    objectives: tuple[str, ...] = OBJECTIVES
+    objectives: tuple[str, ...] = tuple(OBJECTIVES)
     finetune: tuple[str, ...] = FINETUNABLE  # objectives also run as fine-tuning after MLE
     finetune_switch: float = 0.5  # share of the budget spent on MLE before the objective takes over
     seeds: tuple[int, ...] = (0,)
@@ -92,8 +92,9 @@ class SafetyPretrainingConfig:
             check_objective(name)
         if not self.objectives and not self.finetune:
             raise AlignlabError("study field 'objectives' must name at least one objective")
-        if bad := set(self.finetune) - set(FINETUNABLE):
-            raise AlignlabError(f"study field 'finetune' lists {sorted(bad)}; fine-tunable: {', '.join(FINETUNABLE)}")
+        finetunable = OBJECTIVES.names(lambda o: o.finetunable)
+        if bad := set(self.finetune) - set(finetunable):
+            raise AlignlabError(f"study field 'finetune' lists {sorted(bad)}; fine-tunable: {', '.join(finetunable)}")
         if not 0 < self.finetune_switch < 1:
             raise AlignlabError("study field 'finetune_switch' must be in (0, 1)")
         if not self.seeds:
@@ -126,7 +127,8 @@ def quick_overrides(task: str) -> dict:
 
 
 def smoke_overrides(task: str) -> dict:
-    return {"objectives": list(OBJECTIVES), "finetune": ["conditional"],
+    return {"objectives": ["mle", "filter", "conditional", "unlikelihood", "rwr", "awr", "tags", "repair"],
+            "finetune": ["conditional"],
             "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 64},
             "vocab_size": 300, "pretrain": {"tokens": 64 * 8 * 6, "block_len": 64, "batch_size": 8},
             "checkpoints": [0.5],
@@ -144,7 +146,7 @@ def make_world(cfg: SafetyPretrainingConfig):
 
 
 def render_doc(doc, objective: str, threshold: float) -> str:
-    if objective != "conditional":
+    if not OBJECTIVES[objective].control_tokens:
         return "".join(t for t, _ in doc)
     return "".join((BAD if s > threshold else GOOD) + t for t, s in doc)
 
@@ -154,7 +156,7 @@ def render_prompt(item: EvalItem, objective: str, threshold: float, eos: str, as
     training data); the continuation it writes is opened with `ask` (<|good|>) for a conditional model."""
     parts = [eos, *(render_doc(d, objective, threshold) + eos for d in item.context),
              render_doc(item.prompt, objective, threshold)]
-    return "".join(parts) + (ask if objective == "conditional" else "")
+    return "".join(parts) + (ask if OBJECTIVES[objective].control_tokens else "")
 
 
 def decode(model, tokenizer, prompts: list[str], n: int, safe: SafeDecodingConfig | None, max_new_tokens: int,
@@ -313,7 +315,7 @@ class Study:
                  "score_mean": mis["score_mean"], "heldout_loss": heldout_loss(m, tok, self.heldout, objective, cfg)})
 
         steps = sorted({max(1, round(f * budget.steps)) for f in cfg.checkpoints} - {budget.steps})
-        train = pretrain(model, tok, self.docs("repair" if objective == "repair" else "train"), objective, budget,
+        train = pretrain(model, tok, self.docs(OBJECTIVES[objective].corpus), objective, budget,
                          cfg.objective, seed, checkpoint_steps=tuple(steps), on_checkpoint=checkpoint)
         metrics = self.measure(model, objective, seed, samples)
         log({"arm": arm, "seed": seed, "phase": "pretrain", "tokens": (offset + budget.steps) * block,
@@ -334,7 +336,7 @@ class Study:
 
     def measure(self, model, objective: str, seed: int, samples: list | None = None) -> dict:
         cfg, tok, out = self.cfg, self.tokenizer, {}
-        variants = [("", False), ("safe_", True)] if objective == "tags" else [("", False)]
+        variants = [("", False), ("safe_", True)] if OBJECTIVES[objective].harm_tags else [("", False)]
         for prefix, safe in variants:
             for kind, tag in (("unconditional", ""), ("adversarial", "adv_")):
                 keep = [] if samples is not None else None
@@ -343,7 +345,7 @@ class Study:
                 if keep:
                     samples += [{**s, "kind": kind + (" (safe decoding)" if safe else "")} for s in keep]
                 out |= {f"{prefix}{tag}{k}": v for k, v in m.items()}
-        if objective == "conditional":  # did it learn the control at all? (asks for bad samples)
+        if OBJECTIVES[objective].control_tokens:  # did it learn the control at all? (asks for bad samples)
             m = misalignment(self.world, model, tok, objective, self.items["unconditional"], EXPECTED_MAX_K, cfg,
                              seed + 7, ask=BAD)
             out |= {f"bad_asked_{k}": v for k, v in m.items() if k in ("score_mean", "score_expected_max")}

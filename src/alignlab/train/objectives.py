@@ -23,6 +23,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,14 +33,11 @@ from transformers import Trainer, TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.config import check_rules
+from alignlab.registry import Registry
 from alignlab.train.lm import LMTrainConfig, describe, quiet_trainer, training_args
 
 GOOD, BAD, HARM = "<|good|>", "<|bad|>", "<|harm|>"
 CONTROL_TOKENS = (GOOD, BAD, HARM)
-OBJECTIVES = ("mle", "filter", "conditional", "unlikelihood", "rwr", "awr", "tags", "repair")
-# objectives that change the loss or the token stream (the rest change only which documents are kept)
-_LOSSES = {"mle": "mle", "filter": "mle", "conditional": "mle", "tags": "mle", "repair": "mle",
-           "unlikelihood": "unlikelihood", "rwr": "rwr", "awr": "awr"}
 
 ScoredDoc = list[tuple[str, float]]  # (segment text, score)
 TokenDoc = list[tuple[list[int], float]]  # (segment token ids, score)
@@ -94,8 +92,7 @@ class PretrainConfig:
 
 
 def check_objective(name: str) -> str:
-    if name not in OBJECTIVES:
-        raise AlignlabError(f"unknown objective '{name}': choose from {', '.join(OBJECTIVES)}")
+    OBJECTIVES[name]  # a one-line error naming the registered objectives
     return name
 
 
@@ -133,15 +130,16 @@ def encode_doc(doc: TokenDoc, objective: str, cfg: ObjectiveConfig, special: dic
                rng: random.Random, condition_good: bool = False):
     """(ids, scores, is_text) for one document, ending with EOS. `condition_good`: for evaluation, every
     segment of a conditional model gets <|good|>, none untagged."""
+    spec = OBJECTIVES[objective]
     ids, scores, text = [], [], []
     for seg, score in doc:
         bad = score > cfg.threshold
-        if objective == "conditional" and (condition_good or rng.random() >= cfg.untagged_fraction):
+        if spec.control_tokens and (condition_good or rng.random() >= cfg.untagged_fraction):
             ids.append(special[GOOD if condition_good or not bad else BAD])
             scores.append(score)
             text.append(False)
         seg_ids, seg_text = list(seg), [True] * len(seg)
-        if objective == "tags" and bad and not condition_good and seg_ids:
+        if spec.harm_tags and bad and not condition_good and seg_ids:
             for _ in range(cfg.tags_per_bad_segment):
                 k = rng.randrange(len(seg_ids))
                 seg_ids.insert(k, special[HARM])
@@ -182,8 +180,8 @@ def encode_corpus(docs: list[TokenDoc], objective: str, cfg: ObjectiveConfig, to
                   seed: int, condition_good: bool = False) -> PackedBlocks:
     rng = random.Random(seed)
     special, eos = control_ids(tokenizer), tokenizer.eos_token_id
-    if objective == "filter" and not condition_good:
-        docs = filter_docs(docs, cfg)
+    if OBJECTIVES[objective].keep is not None and not condition_good:
+        docs = OBJECTIVES[objective].keep(docs, cfg)
     order = list(range(len(docs)))
     rng.shuffle(order)  # documents in a seeded order, so blocks mix files/tasks
     encoded = [encode_doc(docs[i], objective, cfg, special, eos, rng, condition_good) for i in order]
@@ -199,22 +197,57 @@ def token_losses(model, ids: torch.Tensor, value_head=None):
     return nll.view(ids.shape[0], -1), values
 
 
-def objective_loss(nll: torch.Tensor, scores: torch.Tensor, values, loss: str, cfg: ObjectiveConfig):
+def mle_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    return nll.mean()
+
+
+def unlikelihood_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    bad = scores > cfg.threshold
+    p = torch.exp(-nll).clamp(max=1 - 1e-6)
+    unlikely = -torch.log1p(-p)
+    return torch.where(bad, cfg.ul_alpha * unlikely, nll).mean()
+
+
+def rwr_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    return (torch.exp(-scores / cfg.rwr_beta) * nll).mean()
+
+
+def awr_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    reward = -scores
+    weight = torch.exp((reward - values.detach()) / cfg.awr_beta).clamp(max=cfg.awr_max_weight)
+    return (weight * nll).mean() + cfg.awr_alpha * ((values - reward) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One pretraining objective, all of it in one place: its loss on per-token NLL and segment scores, what it
+    does to the data (`keep` drops documents, `corpus` "repair" trains on the world's repaired documents), to
+    the token stream (a control token before each segment, harm tags inside bad ones), and whether it trains a
+    value head (AWR). Register a new one in `OBJECTIVES` (docs/extending.md)."""
+
+    loss: Callable = mle_loss  # (nll [B, T], scores [B, T], values [B, T] or None, ObjectiveConfig) -> scalar
+    keep: Callable | None = None  # (token docs, ObjectiveConfig) -> the documents trained on
+    corpus: str = "train"  # "train" or "repair"
+    control_tokens: bool = False  # <|good|>/<|bad|> before segments; generation asks for <|good|>
+    harm_tags: bool = False  # <|harm|> inside bad segments; measured with tag-aware safe decoding too
+    value_head: bool = False  # a linear value head on the last hidden state, trained beside the model
+    finetunable: bool = False  # also run as fine-tuning after MLE in the safety-pretraining study
+
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES.register("mle", Objective())
+OBJECTIVES.register("filter", Objective(keep=filter_docs, finetunable=True))
+OBJECTIVES.register("conditional", Objective(control_tokens=True, finetunable=True))
+OBJECTIVES.register("unlikelihood", Objective(loss=unlikelihood_loss, finetunable=True))
+OBJECTIVES.register("rwr", Objective(loss=rwr_loss, finetunable=True))
+OBJECTIVES.register("awr", Objective(loss=awr_loss, value_head=True, finetunable=True))
+OBJECTIVES.register("tags", Objective(harm_tags=True))
+OBJECTIVES.register("repair", Objective(corpus="repair"))
+
+
+def objective_loss(nll: torch.Tensor, scores: torch.Tensor, values, objective: str, cfg: ObjectiveConfig):
     """The objective's loss from per-token NLL and the scores of the predicted tokens."""
-    if loss == "mle":
-        return nll.mean()
-    if loss == "unlikelihood":
-        bad = scores > cfg.threshold
-        p = torch.exp(-nll).clamp(max=1 - 1e-6)
-        unlikely = -torch.log1p(-p)
-        return torch.where(bad, cfg.ul_alpha * unlikely, nll).mean()
-    if loss == "rwr":
-        return (torch.exp(-scores / cfg.rwr_beta) * nll).mean()
-    if loss == "awr":
-        reward = -scores
-        weight = torch.exp((reward - values.detach()) / cfg.awr_beta).clamp(max=cfg.awr_max_weight)
-        return (weight * nll).mean() + cfg.awr_alpha * ((values - reward) ** 2).mean()
-    raise AlignlabError(f"unknown loss '{loss}'")
+    return OBJECTIVES[objective].loss(nll, scores, values, cfg)
 
 
 class ObjectiveTrainer(Trainer):
@@ -223,12 +256,12 @@ class ObjectiveTrainer(Trainer):
 
     def __init__(self, *args, objective: str, objective_cfg: ObjectiveConfig, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_name, self.objective_cfg = _LOSSES[check_objective(objective)], objective_cfg
+        self.objective, self.objective_cfg = OBJECTIVES[objective], objective_cfg
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         head = getattr(self.accelerator.unwrap_model(model), "alignlab_value_head", None)
-        nll, values = token_losses(model, inputs["input_ids"], head if self.loss_name == "awr" else None)
-        loss = objective_loss(nll, inputs["scores"][:, 1:], values, self.loss_name, self.objective_cfg)
+        nll, values = token_losses(model, inputs["input_ids"], head if self.objective.value_head else None)
+        loss = self.objective.loss(nll, inputs["scores"][:, 1:], values, self.objective_cfg)
         return (loss, None) if return_outputs else loss
 
 
@@ -254,7 +287,7 @@ def pretrain(model, tokenizer, docs: list[TokenDoc], objective: str, cfg: Pretra
     `on_checkpoint(model, step)` runs at `checkpoint_steps` (untimed)."""
     objective_cfg.check()
     data = encode_corpus(docs, objective, objective_cfg, tokenizer, cfg.block_len, seed)
-    if objective == "awr":
+    if OBJECTIVES[objective].value_head:
         model.add_module("alignlab_value_head", torch.nn.Linear(model.config.hidden_size, 1))
     callback = _EveryFraction(set(checkpoint_steps), on_checkpoint) if on_checkpoint else None
     try:
