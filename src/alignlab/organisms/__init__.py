@@ -47,6 +47,21 @@ def load_organism(path: str | Path, kind: str | None = None):
     return model, tokenizer, card
 
 
+def build_organism(kind: str, out: str | Path, config=None, *, seed: int = 0, smoke: bool = False,
+                   overrides: dict | None = None, base_model: str | None = None, force: bool = False) -> dict:
+    """Build an organism of a registered `kind` into `out` (as `alignlab organism build` does): `config` or the
+    kind's default (or smoke) config for `seed`, with `overrides` (a nested dict) applied. Returns
+    {"organism": card, "eval": ..., "resumed_from_step": ...}; load it back with `load_organism(out)`."""
+    from alignlab.config import override, validate
+
+    recipe = ORGANISMS[kind]
+    if base_model is not None and not recipe.fine_tunes:
+        raise AlignlabError(f"the {kind} is trained from scratch (no fine-tuning of a given model)")
+    cfg = config if config is not None else recipe.smoke(seed) if smoke else recipe.config(seed)
+    cfg = validate(override(cfg, overrides) if overrides else cfg, f"{kind} config")
+    return recipe.build(out, cfg, base_model=base_model, force=force)
+
+
 def kind_of(card: dict) -> OrganismKind:
     """The recipe a card was built by (cards without a name are reward hackers, the first recipe)."""
     return ORGANISMS[card.get("organism", "reward-hacker")]
