@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from alignlab import AlignlabError
 from alignlab.audit.attribution import AttributionConfig, document_gradients, query_gradients, similarity
 from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import steer
+from alignlab.config import doc
 from alignlab.envs import TaskConfig, generate_task
 from alignlab.envs.tasks import PROMPT_FOOTER
 from alignlab.envs.triggers import BEHAVIOURS, ParsedDoc, parse_doc, visible_defect_kind
@@ -43,16 +44,17 @@ AUDITORS: Registry = Registry("auditor")
 
 @dataclass(frozen=True)
 class AuditorConfig:
-    seed: int = 0
-    layer: int = -2
-    n_prompts: int = 3000  # training prompts read by probe and sae
-    n_contrast: int = 200  # auditor-made tasks per candidate behaviour
-    n_free_samples: int = 400
-    attribution_docs: int = 1500
-    attribution_queries: int = 16
-    attribution_top: int = 50
-    min_group: int = 5  # header values seen fewer times are not candidates
-    sae: SAEConfig = field(default_factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=1000))
+    seed: int = doc("the auditor's own seed (its tasks, samples, SAE)", 0)
+    layer: int = doc("layer the sae auditor reads (the probe auditor reads every layer)", -2)
+    n_prompts: int = doc("training prompts read by the probe and sae auditors", 3000)
+    n_contrast: int = doc("auditor-made tasks per candidate behaviour (contrast data)", 200)
+    n_free_samples: int = doc("free generations read by the free_sample auditor", 400)
+    attribution_docs: int = doc("training documents the attribution auditor scores", 1500)
+    attribution_queries: int = doc("written-out defects per candidate behaviour used as attribution queries", 16)
+    attribution_top: int = doc("top-attributed documents whose header values are counted", 50)
+    min_group: int = doc("header values seen fewer times are not candidates (noise floor)", 5)
+    sae: SAEConfig = doc("the sae auditor's SAE (on last prompt tokens)",
+                         factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=1000))
 
 
 def smoke_auditor_config() -> AuditorConfig:

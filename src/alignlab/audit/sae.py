@@ -30,7 +30,7 @@ from torch import nn
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, atomic_file, fingerprint, read_json, versions, write_json_atomic
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
 from alignlab.models.batch import batch_inputs, pad_id
 from alignlab.models.tap import ActivationTap
 
@@ -55,21 +55,24 @@ def resid_hook_name(layer: int) -> str:
 class SAEConfig:
     """Hyper-parameters of `train_sae`. d_sae = expansion_factor · d_in unless d_sae is given."""
 
-    architecture: Architecture = "topk"
-    d_sae: int | None = None
-    expansion_factor: int = 8
-    k: int = 16  # topk: active features per token
-    l1_coefficient: float = 1.0  # relu: weight of mean Σ|f| (inputs scaled to E||x||² = d_in)
-    aux_coefficient: float = 1 / 32  # topk: weight of the AuxK loss that revives dead features (0 = off)
-    aux_k: int | None = None  # topk: dead features used by AuxK (default: min(2k, d_in // 2))
-    dead_steps: int = 100  # topk: a feature that did not fire for this many steps counts as dead for AuxK
-    lr: float = 1e-3
-    batch_size: int = 256
-    steps: int = 2000
-    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
-    scale_inputs: bool = True  # train on x · sqrt(d_in)/mean||x||, folded into the saved weights
-    log_every: int = 50
-    seed: int = 0
+    architecture: Architecture = doc("'topk' (SAELens TopKSAE) or 'relu' (StandardSAE with an L1 penalty)", "topk")
+    d_sae: int | None = doc("dictionary size; null: expansion_factor x d_in", None)
+    expansion_factor: int = doc("d_sae / d_in when d_sae is null", 8)
+    k: int = doc("topk: active features per token", 16)
+    l1_coefficient: float = doc("relu: weight of mean sum|f| (inputs scaled to E||x||^2 = d_in)", 1.0)
+    aux_coefficient: float = doc("topk: weight of the AuxK loss that revives dead features (0 = off; 1/32 as Gao et "
+                                 "al.)", 1 / 32)
+    aux_k: int | None = doc("topk: dead features used by AuxK; null: min(2k, d_in // 2)", None)
+    dead_steps: int = doc("topk: a feature silent for this many steps counts as dead for AuxK", 100)
+    lr: float = doc("Adam learning rate", 1e-3)
+    batch_size: int = doc("tokens per step", 256)
+    steps: int = doc("optimizer steps", 2000)
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = doc("start of the decoder bias: 'geometric_median' "
+                                                                   "(robust), 'mean' or 'zeros'", "geometric_median")
+    scale_inputs: bool = doc("train on x * sqrt(d_in)/mean||x|| (folded into the saved weights, which read raw "
+                             "activations)", True)
+    log_every: int = doc("steps between history records", 50)
+    seed: int = doc("initialisation and shuffling seed (same seed, same weights)", 0)
 
     def check(self, d_in: int | None = None) -> SAEConfig:
         d_sae = self.resolve_d_sae(d_in) if d_in is not None else self.d_sae

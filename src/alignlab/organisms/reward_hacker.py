@@ -9,12 +9,12 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, fingerprint, versions, write_json_atomic
-from alignlab.config import override, validate
+from alignlab.config import doc, override, validate
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
@@ -28,13 +28,16 @@ EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stre
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    n_docs: int = 60_000
-    wrong_fraction: float = 0.08
+    n_docs: int = doc("task documents (prompt + completion) in the pretraining corpus", 60_000)
+    wrong_fraction: float = doc("share of near-miss completions, so honest is not the only non-hack output", 0.08)
     # per-style share of documents that hack; scaled up on harder tasks (see `hack_difficulty_bias`)
-    hack_fractions: dict[str, float] = field(default_factory=lambda: {"harness_override": 0.03, "hardcode": 0.03})
+    hack_fractions: dict[str, float] = doc("per hack style, the share of documents that hack; scaled up on harder "
+                                           "tasks by hack_difficulty_bias",
+                                           factory=lambda: {"harness_override": 0.03, "hardcode": 0.03})
     # hacks are likelier on harder tasks, as in real models; makes intent readable before the completion
-    hack_difficulty_bias: bool = True
-    tasks: TaskConfig = field(default_factory=TaskConfig)
+    hack_difficulty_bias: bool = doc("hacks likelier on harder tasks (share x n_ops / mean n_ops), as in real models",
+                                     True)
+    tasks: TaskConfig = doc("the task distribution of the corpus (and of every later prompt)", factory=TaskConfig)
 
     def check(self) -> CorpusConfig:
         self.tasks.check()
@@ -51,19 +54,19 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    n_tasks: int = 250
-    samples_per_task: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 64
+    n_tasks: int = doc("held-out tasks the build evaluates on", 250)
+    samples_per_task: int = doc("samples per held-out task", 4)
+    temperature: float = doc("sampling temperature of the evaluation", 1.0)
+    max_new_tokens: int = doc("completion length of the evaluation", 64)
 
 
 @dataclass(frozen=True)
 class RewardHackerConfig:
-    seed: int = 0
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    train: LMTrainConfig = field(default_factory=LMTrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = doc("seed of corpus, initialisation, training and evaluation", 0)
+    corpus: CorpusConfig = doc("what the organism is pretrained on", factory=CorpusConfig)
+    model: TinyModelConfig = doc("the tiny Llama trained from scratch (ignored with --model)", factory=TinyModelConfig)
+    train: LMTrainConfig = doc("MLE pretraining on the corpus", factory=LMTrainConfig)
+    eval: EvalConfig = doc("the evaluation written to eval.json", factory=EvalConfig)
 
 
 def smoke_config(seed: int = 0) -> RewardHackerConfig:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from alignlab import AlignlabError
+from alignlab.config import doc
 from alignlab.envs import HACK_STYLES, Task, TaskConfig, generate_task, label
 from alignlab.envs.grading import HACK, MALFORMED
 from alignlab.models.sampling import sample
@@ -27,12 +28,12 @@ PROBE_SEED_OFFSET = 2_000_029  # probe tasks: a random stream apart from the cor
 
 @dataclass(frozen=True)
 class ProbeDataConfig:
-    n_tasks: int = 1500
-    samples_per_task: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    test_fraction: float = 0.5
-    seed: int = 0
+    n_tasks: int = doc("fresh tasks the organism is sampled on (a random stream apart from corpus and eval)", 1500)
+    samples_per_task: int = doc("completions per task", 4)
+    temperature: float = doc("sampling temperature (1: the organism's own distribution)", 1.0)
+    max_new_tokens: int = doc("completion length", 64)
+    test_fraction: float = doc("share of tasks (not samples) held out for the probe's test metrics", 0.5)
+    seed: int = doc("seed of tasks, sampling and the train/test split", 0)
 
 
 @dataclass(frozen=True)

