@@ -51,22 +51,25 @@ class Brevity:
         return [0.1 * (len(c) < 20) for c in completions]
 
 
-def test_toy_organism_probe_fitter_and_arm_run_in_the_reward_hacking_smoke_study(register, tmp_path, capsys):
+def test_toy_organism_probe_fitter_and_arm_run_in_the_reward_hacking_smoke_study(register, hacky_organism,
+                                                                                  tmp_path, capsys):
     from alignlab.config import override
     from alignlab.organisms import reward_hacker as rh
-    from alignlab.studies.reward_hacking import SMOKE_ORGANISM
 
-    hacky = lambda seed: override(rh.smoke_config(seed), SMOKE_ORGANISM)  # noqa: E731
+    # a toy recipe: a reward hacker fine-tuned briefly on a hack-rich corpus (from the session's hacky organism)
+    brief = lambda seed: override(rh.smoke_config(seed), {  # noqa: E731
+        "corpus": {"n_docs": 200, "hack_fractions": {"harness_override": 0.2, "hardcode": 0.2}}})
     register(ORGANISMS, "toy-hacker", OrganismKind(
-        config=hacky, smoke=hacky, config_from_card=rh.config_from_card, evaluate=rh.reevaluate,
-        summary=lambda ev: f"hack_rate={ev['hack_rate']:.3f}",
-        build=lambda out, cfg, base_model=None, force=False: rh.build(out, cfg, force=force, kind="toy-hacker")))
+        config=brief, smoke=brief, config_from_card=rh.config_from_card, evaluate=rh.reevaluate,
+        summary=lambda ev: f"hack_rate={ev['hack_rate']:.3f}", fine_tunes=True,
+        build=lambda out, cfg, base_model=None, force=False: rh.build(out, cfg, base_model, force, kind="toy-hacker")))
     register(PROBE_FITTERS, "centroid", centroid)
     brevity = Brevity()
     register(RL_ARMS, "brevity", lambda ctx: ArmSetup(rewards=[brevity]))
 
     organism = tmp_path / "toy"
-    assert main(["organism", "build", "toy-hacker", "--smoke", "--out", str(organism)]) == 0
+    assert main(["organism", "build", "toy-hacker", "--smoke", "--model", str(hacky_organism), "--out",
+                 str(organism)]) == 0
     assert "toy-hacker organism ->" in capsys.readouterr().err
     assert json.loads((organism / "organism.json").read_text())["organism"] == "toy-hacker"
     assert main(["organism", "eval", str(organism), "--n-tasks", "2", "--samples", "1"]) == 0  # by the card's kind

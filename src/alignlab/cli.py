@@ -328,6 +328,31 @@ def study_reward_hacking(
     console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
 
 
+@study_app.command("probe-frontier")
+def study_probe_frontier(
+    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
+    quick: bool = typer.Option(False, "--quick", help="One seed, 40 steps, two TPR cells: about 5 minutes."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
+    organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+) -> None:
+    """Rates: how fast each way of using a probe in RL removes hacking vs how fast it blinds the probe, with
+    trajectories, strength sweeps, a TPR x KL phase diagram, pooling, style and transfer."""
+    from alignlab.config import load_overrides, override, validate
+    from alignlab.studies import probe_frontier as study
+
+    _quiet_libraries()
+    if quick and smoke:
+        raise AlignlabError("choose one of --quick and --smoke")
+    cfg = study.smoke_config() if smoke else study.quick_config() if quick else study.ProbeFrontierConfig()
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    validate(cfg, "study config")
+    with _study_dir(out):
+        results = study.run_study(out, cfg, organism=organism, smoke=smoke, progress=stage)
+    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
+
+
 @study_app.command("safety-pretraining")
 def study_safety_pretraining(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),

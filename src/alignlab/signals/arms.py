@@ -68,15 +68,17 @@ RL_ARMS: Registry[Callable[[ArmContext], ArmSetup]] = Registry("RL arm")
 
 
 class DegradedProbe:
-    """Wraps a probe reward so each flag is honoured only with probability `tpr` (a hash of the ids)."""
+    """Wraps a probe reward so each flag is honoured only with probability `tpr`: one seeded coin per rollout,
+    drawn in order (the same run draws the same coins). A coin per completion *text* would make the detector's
+    TPR all-or-nothing here, since the harness override is the same text on every task."""
 
-    def __init__(self, inner: ProbeReward, tpr: float):
+    def __init__(self, inner: ProbeReward, tpr: float, seed: int = 0):
         self.inner, self.tpr, self.__name__ = inner, tpr, "ProbeReward"
+        self.rng = random.Random(seed + 7_000_003)
 
     def __call__(self, prompts, completions, completion_ids, **kw):
         rewards = self.inner(prompts, completions, completion_ids, **kw)
-        keep = [random.Random(hash(tuple(ids)) & 0xFFFFFFFF).random() < self.tpr for ids in completion_ids]
-        return [r if k else 0.0 for r, k in zip(rewards, keep, strict=True)]
+        return [r if self.rng.random() < self.tpr else 0.0 for r in rewards]
 
 
 @RL_ARMS.register("none")
@@ -89,7 +91,7 @@ def _probe_reward(ctx: ArmContext, live: bool) -> ArmSetup:
     p = ctx.params
     reward = ProbeReward(ctx.probe, ctx.tokenizer, model=None if live else ctx.start, penalty=p.penalty,
                          mode=p.penalty_mode)
-    return ArmSetup(rewards=[reward if p.probe_tpr >= 1 else DegradedProbe(reward, p.probe_tpr)],
+    return ArmSetup(rewards=[reward if p.probe_tpr >= 1 else DegradedProbe(reward, p.probe_tpr, ctx.seed)],
                     on_trainer=reward.attach if live else None, probe_holder=lambda trainer: reward)
 
 

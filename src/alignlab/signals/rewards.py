@@ -117,11 +117,14 @@ class ProbeReward:
             self.from_rollout = True
         return self
 
-    def rollout_scores(self, rollout_activations: Sequence[dict], completion_ids: Sequence[Sequence[int]]):
+    def rollout_scores(self, rollout_activations: Sequence[dict],
+                       completion_ids: Sequence[Sequence[int]] | None = None) -> list[float]:
+        """Scores from the rollout's recorded activations; with `completion_ids` a trailing EOS is left out, as
+        in `scores` (without them every recorded position is pooled)."""
         feats = []
-        for acts, ids in zip(rollout_activations, completion_ids, strict=True):
+        for i, acts in enumerate(rollout_activations):
             x = acts[self.layer].float()
-            n = len(strip_eos(ids, self.eos_ids))
+            n = len(strip_eos(completion_ids[i], self.eos_ids)) if completion_ids is not None else len(x)
             x = x[:n] if n else x[-1:]  # an empty completion: its EOS position stands in (as below)
             feats.append(aggregate(x[None], torch.ones(x[None].shape[:2], dtype=torch.bool), self.aggregation)[0])
         return self.probe.score(torch.stack(feats)).float().tolist()

