@@ -51,6 +51,7 @@ class Brevity:
         return [0.1 * (len(c) < 20) for c in completions]
 
 
+@pytest.mark.slow
 def test_toy_organism_probe_fitter_and_arm_run_in_the_reward_hacking_smoke_study(register, hacky_organism,
                                                                                   tmp_path, capsys):
     from alignlab.config import override
@@ -81,6 +82,7 @@ def test_toy_organism_probe_fitter_and_arm_run_in_the_reward_hacking_smoke_study
     assert brevity.seen == 2 * 2 * 4  # smoke GRPO: 2 steps x 2 prompts x 4 generations, every one rewarded
 
 
+@pytest.mark.slow
 def test_toy_objective_runs_in_the_safety_pretraining_smoke_study(register, tmp_path):
     def late_tokens(nll, scores, values, cfg):  # likelihood on the second half of each block only
         return nll[:, nll.shape[1] // 2 :].mean()
@@ -93,6 +95,7 @@ def test_toy_objective_runs_in_the_safety_pretraining_smoke_study(register, tmp_
     assert 0 <= record["metrics"]["hit_rate"] <= 1
 
 
+@pytest.mark.slow
 def test_toy_auditor_runs_in_a_smoke_game(register, sealed, tmp_path):
     from alignlab.audit import game
     from alignlab.envs.triggers import parse_doc
