@@ -73,7 +73,7 @@ def test_a_probe_knows_its_layer_from_the_harvest_or_is_refused_at_fit_time(gpt2
 
 def test_fitting_and_scoring_see_the_same_tokens(gpt2_dir):
     """TRL's completion_ids end with EOS; the harvested text never has it: the reward drops it, so a completion
-    scores what it scored when the probe was fitted (5.72 vs 3.78 before, silently)."""
+    scores what it scored when the probe was fitted (issue 13 found 5.72 vs 3.78 before, silently)."""
     from alignlab.models import load_model
 
     model, tok = load_model(gpt2_dir)

@@ -46,18 +46,17 @@ def _pretraining(overrides: str):
     return preset
 
 
-STUDIES.register("reward-hacking", StudyKind(
-    "alignlab.studies.reward_hacking",
-    {"default": lambda m: m.RewardHackingConfig(), "quick": lambda m: m.quick_config(),
-     "smoke": lambda m: m.smoke_config()},
-    lambda m, out, cfg, preset, progress, **kw: m.run_study(out, cfg, organism=kw.get("organism"),
-                                                            smoke=preset == "smoke", progress=progress)))
-STUDIES.register("probe-frontier", StudyKind(
-    "alignlab.studies.probe_frontier",
-    {"default": lambda m: m.ProbeFrontierConfig(), "quick": lambda m: m.quick_config(),
-     "smoke": lambda m: m.smoke_config()},
-    lambda m, out, cfg, preset, progress, **kw: m.run_study(out, cfg, organism=kw.get("organism"),
-                                                            smoke=preset == "smoke", progress=progress)))
+def _from_organism(module: str, default: str) -> StudyKind:
+    """A study that starts from a reward-hacker organism (`organism=PATH`; otherwise it builds its own, a smoke
+    one for the smoke preset)."""
+    return StudyKind(module, {"default": lambda m: getattr(m, default)(), "quick": lambda m: m.quick_config(),
+                              "smoke": lambda m: m.smoke_config()},
+                     lambda m, out, cfg, preset, progress, **kw: m.run_study(
+                         out, cfg, organism=kw.get("organism"), smoke=preset == "smoke", progress=progress))
+
+
+STUDIES.register("reward-hacking", _from_organism("alignlab.studies.reward_hacking", "RewardHackingConfig"))
+STUDIES.register("probe-frontier", _from_organism("alignlab.studies.probe_frontier", "ProbeFrontierConfig"))
 STUDIES.register("safety-pretraining", StudyKind(
     "alignlab.studies.safety_pretraining",
     {"default": _pretraining(""), "quick": _pretraining("quick_overrides"), "smoke": _pretraining("smoke_overrides")},
