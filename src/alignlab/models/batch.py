@@ -30,9 +30,17 @@ def is_conversational(prompt) -> bool:
     return isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], dict) and "role" in prompt[0]
 
 
+def chat_settings(trainer) -> dict:
+    """The chat-template arguments a TRL GRPOTrainer renders message-list prompts with (its template, tools and
+    `chat_template_kwargs`), for `encode_prompts`."""
+    return {"chat_template": getattr(trainer, "chat_template", None), "tools": getattr(trainer, "tools", None) or None,
+            **(getattr(trainer, "chat_template_kwargs", None) or {})}
+
+
 def encode_prompts(tokenizer, prompts: Sequence, chat_template_kwargs: dict | None = None) -> list[list[int]]:
     """Token ids per prompt, exactly as TRL 1.16's GRPOTrainer encodes them: text with the tokenizer's special
-    tokens; message lists with `apply_chat_template(add_generation_prompt=True, tokenize=True)`."""
+    tokens; message lists with `apply_chat_template(add_generation_prompt=True, tokenize=True)` and the trainer's
+    template settings (`chat_settings(trainer)`)."""
     prompts = list(prompts)
     if not prompts:
         return []

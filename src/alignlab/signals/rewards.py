@@ -15,7 +15,7 @@ import torch
 
 from alignlab import AlignlabError
 from alignlab.envs import Task, flawed_reward, label
-from alignlab.models.batch import batch_inputs, encode_prompts, pad_id, strip_eos
+from alignlab.models.batch import batch_inputs, chat_settings, encode_prompts, pad_id, strip_eos
 from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers, resolve_layers
 from alignlab.probes.probe import LinearProbe
 from alignlab.train.rollout import ROLLOUT_ACTIVATIONS, FastRollout
@@ -109,7 +109,7 @@ class ProbeReward:
         """Read the live policy: `trainer.model`, and the rollout's own activations where it records them."""
         self.model = trainer.model
         self.eos_ids = sorted({*self.eos_ids, *(getattr(trainer, "eos_token_ids", None) or [])})
-        self.chat_template_kwargs = dict(getattr(trainer, "chat_template_kwargs", None) or {})
+        self.chat_template_kwargs = chat_settings(trainer)
         rollout = getattr(trainer, "rollout_func", None)
         if isinstance(rollout, FastRollout):
             self.layer = resolve_layers([self.layer], len(find_decoder_layers(self.model)))[0]

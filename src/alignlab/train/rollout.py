@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from trl.models.utils import unwrap_model_for_generation
 
 from alignlab import AlignlabError
-from alignlab.models.batch import encode_prompts
+from alignlab.models.batch import chat_settings, encode_prompts
 from alignlab.models.sampling import generate_ids
 
 ROLLOUT_ACTIVATIONS = "rollout_activations"
@@ -53,7 +53,7 @@ class FastRollout:
     def __call__(self, prompts: list, trainer) -> dict:
         suppress = self._check(trainer)
         tokenizer = trainer.processing_class
-        prompt_ids = encode_prompts(tokenizer, prompts, trainer.chat_template_kwargs)  # as TRL's own generation
+        prompt_ids = encode_prompts(tokenizer, prompts, chat_settings(trainer))  # as TRL's own generation
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
                                          ) as model:
