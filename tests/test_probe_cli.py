@@ -1,9 +1,12 @@
 import json
 
+import pytest
+
 from alignlab.cli import main
 from alignlab.probes import LinearProbe
 
 
+@pytest.mark.slow
 def test_probe_fit_eval_sweep_on_an_organism(hacky_organism, tmp_path, capsys):
     probe_dir = tmp_path / "probe"
     args = ["--n-tasks", "80", "--samples", "4"]
@@ -28,6 +31,7 @@ def test_probe_fit_eval_sweep_on_an_organism(hacky_organism, tmp_path, capsys):
     assert (sweep_dir / "sweep_completion.png").exists() and (sweep_dir / "sweep_prompt_last.png").exists()
 
 
+@pytest.mark.slow
 def test_probe_layer_mismatch_is_a_one_line_error(hacky_organism, tmp_path, capsys):
     import numpy as np
 

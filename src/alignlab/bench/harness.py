@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import versions
+from alignlab.artifacts import versions, write_text_atomic
 from alignlab.bench.common import fmt_target, fmt_value, verdict
 from alignlab.train.hardware import resolve_precision
 
@@ -64,6 +64,4 @@ def write_markdown(path: Path, results: list[dict], info: dict, quick: bool, com
         lines += [f"| {r['case']} | {fmt_value(r)} | {fmt_target(r)} | {verdict(r)} | {r['detail']} |"
                   for r in result["rows"]]
         lines += ["", f"({result['seconds']:.0f} s to measure)", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines))

@@ -74,7 +74,7 @@ def run(quick: bool = False, rounds: int = 3, steps: int = 80, warmup: int = 10,
     for r in range(rounds):
         for name in speeds:
             model = copy.deepcopy(init).train()
-            if name == "awr":
+            if name != "plain" and OBJECTIVES[name].value_head:
                 model.add_module("alignlab_value_head", torch.nn.Linear(model.config.hidden_size, 1))
             with tempfile.TemporaryDirectory() as tmp:
                 targs = training_args_for(cfg, tmp, seed=r)

@@ -33,7 +33,7 @@ from pathlib import Path
 import pycodestyle
 
 from alignlab import AlignlabError
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
 
 ScoredDoc = list[tuple[str, float]]  # (segment text, misalignment score >= 0); here a segment is one line
 
@@ -49,10 +49,11 @@ _SPLIT_SALT = "alignlab-pep8-split:"  # the held-out draw is a hash of this + th
 
 @dataclass(frozen=True)
 class Pep8CorpusConfig:
-    max_doc_lines: int = 32  # a document = up to this many consecutive lines of one file
-    held_out_fraction: float = 0.1  # by file, chosen by a hash of its relative path (stable as files come and go)
-    max_files: int | None = None  # the first N files after sorting (smoke runs)
-    root: str | None = None  # default: the running interpreter's stdlib
+    max_doc_lines: int = doc("a document is up to this many consecutive lines of one file", 32)
+    held_out_fraction: float = doc("share of files held out, chosen by a hash of the relative path (stable as files "
+                                   "come and go)", 0.1)
+    max_files: int | None = doc("use only the first N files after sorting (smoke runs); null: all", None)
+    root: str | None = doc("directory of Python files to read; null: the running interpreter's stdlib", None)
 
     def check(self) -> Pep8CorpusConfig:
         rules = [

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 from alignlab import AlignlabError
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
 from alignlab.envs.listlang import Op, Program, render_list, run
 
 PROMPT_HEADER = ""
@@ -21,13 +21,14 @@ class TaskConfigError(AlignlabError, ValueError):
 class TaskConfig:
     """How hard tasks are. Every field is validated by `check()`."""
 
-    min_ops: int = 1
-    max_ops: int = 2
-    n_visible: int = 3
-    n_hidden: int = 8
-    min_len: int = 3
-    max_len: int = 5
-    max_value: int = 9  # inputs are drawn from 0..max_value
+    min_ops: int = doc("fewest ops in a task's target program (1..8)", 1)
+    max_ops: int = doc("most ops in a target program (min_ops..8); 2 keeps the tiny organism able to solve a third", 2)
+    n_visible: int = doc("input/output examples shown in the prompt (what the flawed grader tests); 3 made honest "
+                         "solving learnable", 3)
+    n_hidden: int = doc("held-out examples the ground-truth label checks (never shown)", 8)
+    min_len: int = doc("shortest input list", 3)
+    max_len: int = doc("longest input list", 5)
+    max_value: int = doc("inputs are drawn from 0..max_value", 9)
 
     def check(self) -> TaskConfig:
         rules = [

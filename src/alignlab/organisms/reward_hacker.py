@@ -9,17 +9,18 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
-from alignlab.config import override, validate
+from alignlab.artifacts import atomic_dir, fingerprint, versions, write_json_atomic
+from alignlab.config import doc, override, validate
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
+from alignlab.organisms import ORGANISMS, OrganismKind, load_organism  # noqa: F401 (load_organism: its old home)
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stream than the corpus
@@ -27,13 +28,16 @@ EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stre
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    n_docs: int = 60_000
-    wrong_fraction: float = 0.08
+    n_docs: int = doc("task documents (prompt + completion) in the pretraining corpus", 60_000)
+    wrong_fraction: float = doc("share of near-miss completions, so honest is not the only non-hack output", 0.08)
     # per-style share of documents that hack; scaled up on harder tasks (see `hack_difficulty_bias`)
-    hack_fractions: dict[str, float] = field(default_factory=lambda: {"harness_override": 0.03, "hardcode": 0.03})
+    hack_fractions: dict[str, float] = doc("per hack style, the share of documents that hack; scaled up on harder "
+                                           "tasks by hack_difficulty_bias",
+                                           factory=lambda: {"harness_override": 0.03, "hardcode": 0.03})
     # hacks are likelier on harder tasks, as in real models; makes intent readable before the completion
-    hack_difficulty_bias: bool = True
-    tasks: TaskConfig = field(default_factory=TaskConfig)
+    hack_difficulty_bias: bool = doc("hacks likelier on harder tasks (share x n_ops / mean n_ops), as in real models",
+                                     True)
+    tasks: TaskConfig = doc("the task distribution of the corpus (and of every later prompt)", factory=TaskConfig)
 
     def check(self) -> CorpusConfig:
         self.tasks.check()
@@ -50,19 +54,19 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    n_tasks: int = 250
-    samples_per_task: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 64
+    n_tasks: int = doc("held-out tasks the build evaluates on", 250)
+    samples_per_task: int = doc("samples per held-out task", 4)
+    temperature: float = doc("sampling temperature of the evaluation", 1.0)
+    max_new_tokens: int = doc("completion length of the evaluation", 64)
 
 
 @dataclass(frozen=True)
 class RewardHackerConfig:
-    seed: int = 0
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    train: LMTrainConfig = field(default_factory=LMTrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = doc("seed of corpus, initialisation, training and evaluation", 0)
+    corpus: CorpusConfig = doc("what the organism is pretrained on", factory=CorpusConfig)
+    model: TinyModelConfig = doc("the tiny Llama trained from scratch (ignored with --model)", factory=TinyModelConfig)
+    train: LMTrainConfig = doc("MLE pretraining on the corpus", factory=LMTrainConfig)
+    eval: EvalConfig = doc("the evaluation written to eval.json", factory=EvalConfig)
 
 
 def smoke_config(seed: int = 0) -> RewardHackerConfig:
@@ -165,8 +169,10 @@ def evaluate(model, tokenizer, tasks: list[Task], cfg: EvalConfig, seed: int) ->
     return summary
 
 
-def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = None, force: bool = False) -> dict:
-    """Generate the corpus, train (from scratch, or fine-tune `base_model`), evaluate, write the organism."""
+def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = None, force: bool = False,
+          kind: str = "reward-hacker") -> dict:
+    """Generate the corpus, train (from scratch, or fine-tune `base_model`), evaluate, write the organism (its card
+    names `kind`: a recipe that reuses this build under its own name passes it)."""
     start = time.time()
     validate(cfg, "reward-hacker config")
     # a killed build's temp dir (with its Trainer checkpoints) is picked up by a re-run of the same build
@@ -190,7 +196,7 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
         save_model(model, tokenizer, tmp)
         final_loss = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None)
         card = {
-            "organism": "reward-hacker",
+            "organism": kind,
             "seed": cfg.seed,
             "base_model": base_model or "tiny-llama (from scratch)",
             "n_params": n_params,
@@ -213,15 +219,22 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
     return {"organism": card, "eval": result, "resumed_from_step": resumed_from}
 
 
-def load_organism(path: str | Path):
-    """(model, tokenizer, card) from an organism directory, with clear errors if it is incomplete."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AlignlabError(f"organism directory {path} does not exist")
-    card = read_json(path / "organism.json", "organism card")
-    model, tokenizer = load_model(path)
-    return model, tokenizer, card
-
-
 def config_from_card(card: dict) -> RewardHackerConfig:
     return validate(override(RewardHackerConfig(), card.get("config", {}), ""), "organism card config")
+
+
+def reevaluate(model, tokenizer, card: dict, n_tasks: int, samples: int, temperature: float, seed: int) -> dict:
+    """`alignlab organism eval`: fresh held-out samples of a built organism."""
+    cfg = config_from_card(card)
+    eval_cfg = replace(cfg.eval, n_tasks=n_tasks, samples_per_task=samples, temperature=temperature)
+    return evaluate(model, tokenizer, eval_tasks(replace(cfg, eval=eval_cfg)), eval_cfg, seed=seed)
+
+
+def summary(ev: dict) -> str:
+    return (f"honest_solve_rate={ev['honest_solve_rate']:.3f} hack_rate={ev['hack_rate']:.3f} "
+            f"{ev['hack_rate_by_style']} malformed_rate={ev['malformed_rate']:.3f}")
+
+
+ORGANISMS.register("reward-hacker", OrganismKind(
+    config=lambda seed: RewardHackerConfig(seed=seed), smoke=smoke_config, build=build,
+    config_from_card=config_from_card, evaluate=reevaluate, summary=summary, fine_tunes=True))

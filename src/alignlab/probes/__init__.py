@@ -1,6 +1,6 @@
 """Linear probes on residual-stream features: harvest, fit, calibrate, evaluate, save/load."""
 
-from alignlab.probes.harvest import harvest, iter_features, load_harvest
+from alignlab.probes.harvest import Features, harvest, iter_features, load_harvest
 from alignlab.probes.metrics import (
     accuracy_at_threshold,
     auroc,
@@ -11,14 +11,17 @@ from alignlab.probes.metrics import (
     recall_at_fpr,
     threshold_at_fpr,
 )
-from alignlab.probes.probe import LinearProbe, fit_diff_of_means, fit_logistic
+from alignlab.probes.probe import PROBE_FITTERS, LinearProbe, fit_diff_of_means, fit_logistic, fit_probe
 
 __all__ = [
+    "PROBE_FITTERS",
+    "Features",
     "LinearProbe",
     "accuracy_at_threshold",
     "auroc",
     "fit_diff_of_means",
     "fit_logistic",
+    "fit_probe",
     "harvest",
     "iter_features",
     "layer_sweep",

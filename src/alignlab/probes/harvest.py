@@ -7,7 +7,6 @@ position ids that skip the padding, so an example's features do not depend on it
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,7 +18,15 @@ from safetensors.torch import load_file, save_file
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
-from alignlab.models.tap import ActivationTap, Aggregation, aggregate, completion_mask, last_prompt_mask, left_pad
+from alignlab.models.batch import batch_inputs, pad_id
+from alignlab.models.tap import (
+    ActivationTap,
+    Aggregation,
+    aggregate,
+    completion_mask,
+    find_decoder_layers,
+    last_prompt_mask,
+)
 from alignlab.progress import bar
 
 Position = Literal["completion", "prompt_last"]
@@ -44,9 +51,13 @@ def _encode(tokenizer, pairs: Sequence[tuple[str, str]], position: Position) -> 
     return ids, prompt_lengths
 
 
-def _accepts(model, name: str) -> bool:
-    params = inspect.signature(model.forward).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+class Features(dict):
+    """harvest's result: {layer: [N, D] float32} that also knows how it was read (`info`: position, aggregation,
+    the model's depth and name), so `fit_probe` can give a probe its layer and pooling."""
+
+    def __init__(self, by_layer: dict, info: dict):
+        super().__init__(by_layer)
+        self.info = dict(info)
 
 
 def _model_name(model) -> str:
@@ -76,19 +87,15 @@ def iter_features(
         raise AlignlabError(f"unknown aggregation {aggregation!r} (expected mean, max or last)")
     if batch_size < 1:
         raise AlignlabError("batch_size must be at least 1")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    pass_positions = _accepts(model, "position_ids")
+    pad = pad_id(tokenizer)
     was_training = model.training
     model.eval()
     try:
         with ActivationTap(model, layers, early_exit=True) as tap:
             for batch in _batches(pairs, batch_size):
                 ids, prompt_lengths = _encode(tokenizer, batch, position)
-                input_ids, attention_mask = left_pad(ids, pad_id or 0, device)
-                inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-                if pass_positions:
-                    inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                inputs = batch_inputs(model, ids, pad)
+                attention_mask = inputs["attention_mask"]
                 acts = tap.run(**inputs)
                 if position == "completion":
                     mask = completion_mask(attention_mask, prompt_lengths)
@@ -113,9 +120,9 @@ def harvest(
     shard_size: int = 4096,
     force: bool = False,
     metadata: dict | None = None,
-) -> dict[int, torch.Tensor] | None:
-    """Features per layer ([N, D] float32), or, with `out_dir`, None after writing shards of at most
-    `shard_size` examples plus index.json (read them back with `load_harvest`).
+) -> Features | None:
+    """Features per layer ([N, D] float32; a `Features` dict that remembers position and pooling), or, with
+    `out_dir`, None after writing shards of at most `shard_size` examples plus index.json (`load_harvest`).
 
     The directory is built beside `out_dir` and renamed into place at the end, so an interrupted harvest
     leaves nothing that looks complete. Layer keys are normalised (-1 -> n_layers - 1).
@@ -132,7 +139,9 @@ def harvest(
                 progress.update(advance=len(next(iter(chunk.values()))))
             if not chunks:
                 raise AlignlabError("harvest needs at least one (prompt, completion) pair")
-            return {layer: torch.cat([c[layer] for c in chunks]) for layer in chunks[0]}
+            return Features({layer: torch.cat([c[layer] for c in chunks]) for layer in chunks[0]},
+                            {"position": position, "aggregation": aggregation, "model": _model_name(model),
+                             "n_layers": len(find_decoder_layers(model))})
         with atomic_dir(out_dir, force=force) as tmp:
             _write_shards(stream, tmp, shard_size, progress, {
                 "format": FORMAT,

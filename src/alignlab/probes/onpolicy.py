@@ -14,25 +14,26 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from alignlab import AlignlabError
+from alignlab.config import doc
 from alignlab.envs import HACK_STYLES, Task, TaskConfig, generate_task, label
 from alignlab.envs.grading import HACK, MALFORMED
 from alignlab.models.sampling import sample
 from alignlab.models.tap import find_decoder_layers, resolve_layers
 from alignlab.probes.harvest import Position, harvest
 from alignlab.probes.metrics import auroc, probe_report, recall_at_fpr
-from alignlab.probes.probe import LinearProbe, fit_diff_of_means, fit_logistic
+from alignlab.probes.probe import PROBE_FITTERS, LinearProbe
 
 PROBE_SEED_OFFSET = 2_000_029  # probe tasks: a random stream apart from the corpus's and the eval's
 
 
 @dataclass(frozen=True)
 class ProbeDataConfig:
-    n_tasks: int = 1500
-    samples_per_task: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    test_fraction: float = 0.5
-    seed: int = 0
+    n_tasks: int = doc("fresh tasks the organism is sampled on (a random stream apart from corpus and eval)", 1500)
+    samples_per_task: int = doc("completions per task", 4)
+    temperature: float = doc("sampling temperature (1: the organism's own distribution)", 1.0)
+    max_new_tokens: int = doc("completion length", 64)
+    test_fraction: float = doc("share of tasks (not samples) held out for the probe's test metrics", 0.5)
+    seed: int = doc("seed of tasks, sampling and the train/test split", 0)
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,8 @@ def style_metrics(probe: LinearProbe, X: np.ndarray, samples: Sequence[LabelledS
 
 
 def fit(X: np.ndarray, y: np.ndarray, method: str, metadata: dict, fpr: float = 0.01) -> LinearProbe:
-    if method == "logistic":
-        probe = fit_logistic(X, y, metadata=metadata)
-    elif method == "diff_of_means":
-        probe = fit_diff_of_means(X, y, metadata=metadata)
-    else:
-        raise AlignlabError(f"unknown probe method {method!r} (expected logistic or diff_of_means)")
+    """A probe of a registered `method` (probes.PROBE_FITTERS), threshold at `fpr` on the negatives."""
+    probe = PROBE_FITTERS[method](X, y, metadata=metadata)
     probe.calibrate_threshold(X[y == 0], fpr=fpr)
     return probe
 

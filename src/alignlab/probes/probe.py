@@ -7,8 +7,6 @@ else as JSON next to them; nothing is ever pickled.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +16,9 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, write_json_atomic
+from alignlab.artifacts import atomic_file, read_json, write_json_atomic
 from alignlab.probes.metrics import as_numpy, binary_labels, threshold_at_fpr
+from alignlab.registry import Registry
 
 FORMAT = "alignlab-linear-probe"
 FORMAT_VERSION = 1
@@ -48,6 +47,20 @@ class LinearProbe:
     @property
     def d_model(self) -> int:
         return len(self.direction)
+
+    @property
+    def layer(self) -> int:
+        """The decoder layer the probe reads, from its metadata; a one-line error for a probe fitted on bare
+        features without one (fit on `harvest` output with `fit_probe`, or pass metadata={"layer": L})."""
+        layer = self.metadata.get("layer")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise AlignlabError(f"probe metadata has no integer 'layer' (got {layer!r}): fit it with "
+                                "alignlab.fit_probe on harvest() features, or pass metadata={'layer': L}")
+        return layer
+
+    @property
+    def aggregation(self) -> str:
+        return self.metadata.get("aggregation", "mean")
 
     def score(self, X):
         """Logits for X ([N, D] or [D]). A torch X gives a torch result, differentiable w.r.t. X."""
@@ -99,15 +112,8 @@ class LinearProbe:
     def save(self, path: str | Path) -> Path:
         """Write <dir>/probe.safetensors + probe.json (or X.safetensors + X.json for a .safetensors path)."""
         tensors_path, json_path = _paths(path)
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file(tensors_path) as tmp:
             save_file({n: np.ascontiguousarray(getattr(self, n)) for n in _TENSORS}, tmp)
-            os.replace(tmp, tensors_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         write_json_atomic(json_path, {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -202,3 +208,44 @@ def fit_diff_of_means(X, y, metadata: dict | None = None) -> LinearProbe:
     return LinearProbe(direction=diff / norm, bias=0.0, mean=(mu_pos + mu_neg) / 2, scale=np.ones_like(diff),
                        metadata={**(metadata or {}), "method": "diff_of_means", "n_train": len(y),
                                  "n_train_pos": int(y.sum())})
+
+
+# Probe types, one place: a fitter takes ([N, D] features, labels, metadata=...) and returns a LinearProbe
+# (docs/extending.md). `probe fit --method`, the studies' `probe_method` and `fit_probe` read this registry.
+PROBE_FITTERS: Registry = Registry("probe method")
+PROBE_FITTERS.register("logistic", fit_logistic)
+PROBE_FITTERS.register("diff_of_means", fit_diff_of_means)
+
+
+def fit_probe(features, labels, method: str = "logistic", *, layer: int | None = None, metadata: dict | None = None,
+              fpr: float | None = None) -> LinearProbe:
+    """Fit a probe of a registered `method` and give it what ProbeReward, the probe loss and token scores need.
+
+    `features` is `harvest(...)` output (a {layer: [N, D]} dict that knows its position and pooling): the probe
+    records the layer (`layer`, or the only one harvested), position, aggregation and depth. A bare [N, D] array
+    needs `metadata={"layer": L, ...}`: without a layer it is refused here, not later inside a trainer.
+    With `fpr`, the threshold is set at that false-positive rate on the negatives."""
+    meta = dict(metadata or {})
+    if isinstance(features, dict):
+        layers = sorted(features)
+        if layer is None and len(layers) != 1:
+            raise AlignlabError(f"fit_probe: the features hold layers {layers}: pass layer=")
+        layer = layers[0] if layer is None else layer
+        info = getattr(features, "info", {})
+        key = layer % info["n_layers"] if "n_layers" in info else layer
+        if key not in features:
+            raise AlignlabError(f"fit_probe: layer {layer} was not harvested (layers {layers})")
+        meta = {**info, **meta, "layer": key}
+        X = features[key]
+    else:
+        X = features
+        if layer is not None:
+            meta["layer"] = layer
+    if isinstance(meta.get("layer"), bool) or not isinstance(meta.get("layer"), int):
+        raise AlignlabError("fit_probe: the features carry no layer: pass harvest() output, or layer= / "
+                            "metadata={'layer': L} for a bare array")
+    X = as_numpy(X, np.float32)
+    probe = PROBE_FITTERS[method](X, labels, metadata=meta)
+    if fpr is not None:
+        probe.calibrate_threshold(X[~binary_labels(labels, len(X))], fpr=fpr)
+    return probe

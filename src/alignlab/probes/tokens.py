@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from alignlab.models.tap import ActivationTap, left_pad
+from alignlab.models.batch import batch_inputs, pad_id
+from alignlab.models.tap import ActivationTap
 
 
 @torch.no_grad()
@@ -19,9 +20,7 @@ def token_scores(model, tokenizer, probe, pairs: Sequence[tuple[str, str]], laye
     """(token text, score) for every completion token of each (prompt, completion); [] for an empty one.
     With `also` (a function of one completion's [T, D] activations returning T values) each tuple gains its
     value, e.g. the SAE feature most active at that token."""
-    layer = int(probe.metadata["layer"]) if layer is None else layer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
+    layer = probe.layer if layer is None else layer
     was_training = model.training
     model.eval()
     out: list[list[tuple[str, float]]] = []
@@ -31,9 +30,8 @@ def token_scores(model, tokenizer, probe, pairs: Sequence[tuple[str, str]], laye
                 batch = pairs[i : i + batch_size]
                 p_ids = [tokenizer(p)["input_ids"] for p, _ in batch]
                 c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in batch]
-                ids, attn = left_pad([p + c for p, c in zip(p_ids, c_ids, strict=True)], pad or 0, device)
-                acts = tap.run(input_ids=ids, attention_mask=attn,
-                               position_ids=(attn.cumsum(-1) - 1).clamp(min=0))[tap.layers[0]]
+                inputs = batch_inputs(model, [p + c for p, c in zip(p_ids, c_ids, strict=True)], pad_id(tokenizer))
+                acts = tap.run(**inputs)[tap.layers[0]]
                 for row, c in enumerate(c_ids):
                     if not c:
                         out.append([])

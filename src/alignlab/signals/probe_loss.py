@@ -30,23 +30,31 @@ class ProbeLossGRPOTrainer(FastGRPOTrainer):
     """`FastGRPOTrainer` (TRL's GRPOTrainer; `fast=False` for TRL's own generation and forward) plus
     λ · f(probe logit) (see the module docstring), everything else as TRL has it.
 
-    Arguments beyond GRPOTrainer's: `probe` (a completion-position LinearProbe; its `metadata["layer"]` is the
-    tapped decoder layer, `metadata["aggregation"]` how completion tokens are pooled, default mean),
-    `probe_lambda` (λ ≥ 0), `term` ("softplus", "sigmoid" or "logit"). Logged: `probe_logit`, the batch's mean
-    probe logit per optimiser step, beside TRL's own keys. The tiny Llama has no dropout, so the captured
-    activations are those the policy samples with; a model with dropout sees a noisier probe in training.
-    Gradient checkpointing re-runs the forward in the backward and would fire the tap twice: keep it off.
+    Arguments beyond GRPOTrainer's (all keyword-only):
+      `probe`        a completion-position LinearProbe; `probe.layer` (its `metadata["layer"]`, refused here with
+                     a one-line error when missing) is the tapped decoder layer, `metadata["aggregation"]` how
+                     the completion's text tokens are pooled (default mean; a sampled EOS is not pooled, as in
+                     `ProbeReward` and `harvest`)
+      `probe_lambda` λ ≥ 0, the weight of the term in the loss (default 0.1)
+      `term`         "softplus" (default), "sigmoid" or "logit": f above
+      `fast`         FastGRPOTrainer's switch (True: FastRollout and shared-prefix log-probs)
+    Logged: `probe_logit`, the batch's mean probe logit per optimiser step (in `trainer.state.log_history`
+    beside TRL's own keys); `trainer.last_probe_logit` holds the latest value.
+    Dropout: the tap reads the training forward, so a model with dropout sees its probe through dropout noise
+    in the loss, but not when it samples; the tiny Llama has none. Gradient checkpointing re-runs the forward in
+    the backward and fires the tap a second time: keep it off (`GRPOConfig(gradient_checkpointing=False)`).
     """
 
     def __init__(self, *args, probe: LinearProbe, probe_lambda: float = 0.1, term: str = "softplus", **kwargs):
         if term not in TERMS:
             raise ValueError(f"probe loss term must be one of {sorted(TERMS)}, got {term!r}")
+        layer = probe.layer  # a probe without a layer is refused before the trainer is built
         super().__init__(*args, **kwargs)
         self.term = term
         self.probe = probe
         self.probe_lambda = probe_lambda
-        self.probe_layer = int(probe.metadata["layer"])
-        self.probe_aggregation = probe.metadata.get("aggregation", "mean")
+        self.probe_layer = layer
+        self.probe_aggregation = probe.aggregation
         self.last_probe_logit = float("nan")
 
     def _compute_loss(self, model, inputs):
@@ -58,6 +66,12 @@ class ProbeLossGRPOTrainer(FastGRPOTrainer):
         completion_mask = inputs["completion_mask"].bool()
         width = min(acts.shape[1], completion_mask.shape[1])
         acts, completion_mask = acts[:, -width:] if width < acts.shape[1] else acts, completion_mask[:, :width]
+        # the completion's text tokens, as ProbeReward and harvest pool them: a sampled EOS is not one of them
+        # (a completion of EOS alone is read at its EOS)
+        eos = torch.tensor(list(self.eos_token_ids), device=completion_mask.device)
+        text = completion_mask & ~torch.isin(inputs["completion_ids"][:, :width], eos)
+        only_eos = ~text.any(-1)
+        completion_mask = torch.where(only_eos[:, None], completion_mask, text)
         keep = completion_mask.any(-1)  # an empty completion has nothing to pool
         if not keep.any():
             return loss

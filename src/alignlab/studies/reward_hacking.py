@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +26,19 @@ from transformers import TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
-from alignlab.config import check_layer
+from alignlab.config import check_layer, doc
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
+from alignlab.models.batch import batch_inputs, pad_id
 from alignlab.models.sampling import sample
-from alignlab.models.tap import left_pad
 from alignlab.organisms import reward_hacker as rh
 from alignlab.probes.harvest import harvest
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
+from alignlab.probes.probe import PROBE_FITTERS
 from alignlab.progress import note
-from alignlab.signals import GraderReward, MonitorReward, OracleReward, ProbeLossGRPOTrainer, ProbeReward
-from alignlab.train.fast_grpo import FastGRPOTrainer
+from alignlab.signals import GraderReward
+from alignlab.signals.arms import RL_ARMS, ArmContext, ArmParams
+from alignlab.signals.arms import DegradedProbe as _DegradedProbe  # noqa: F401 (its old home)
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import EveryNSteps
 
@@ -46,34 +48,54 @@ TRAIN_SEED_OFFSET = 3_000_017
 
 @dataclass(frozen=True)
 class RewardHackingConfig:
-    arms: tuple[str, ...] = ARMS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] = doc("arms to run, each a registered RL arm (signals.arms.RL_ARMS); default: the six "
+                                  "of the study", ARMS)
+    seeds: tuple[int, ...] = doc("training seeds per arm; 3 gives a 95% CI over seeds", (0, 1, 2))
     # chosen by the health sweep in docs/reward_hacking.md (lr 3e-4, β 0.04): at step 50 every arm × seed met the
     # health conditions (`none` hack ≥ 0.93; blocking arms hack ≤ 0.01, honest above their seed's start,
     # malformed ≤ 0.062); by step 100 the live-policy probe reward had drifted below its start on one seed
     # (0.295 → 0.328 → 0.270, malformed 0.052). The old lr 1e-3, β 0, 25 steps collapsed penalised policies.
-    grpo: GRPORunConfig = field(default_factory=lambda: GRPORunConfig(steps=50, learning_rate=3e-4, beta=0.04))
-    penalty: float = 1.0  # probe_reward*, oracle, monitor
-    penalty_mode: str = "flat"  # or "continuous" (probe rewards)
-    probe_lambda: float = 0.1  # probe_loss: λ · term(probe logit)
-    probe_loss_term: str = "softplus"  # probe_loss: softplus, sigmoid or logit (see signals/probe_loss.py)
-    probe_layer: int = -2
-    probe_aggregation: str = "mean"
-    probe_fpr: float = 0.01  # the probe's threshold: this false-positive rate on the organism's honest samples
-    probe_refit_every: int = 0  # > 0: refit the probe on the policy's fresh samples every this many steps
-    probe_tpr: float = 1.0  # < 1 degrades the probe reward on purpose: a flagged completion escapes with 1 - tpr
-    monitor_tpr: float = 0.9
-    monitor_fpr: float = 0.05
-    n_train_tasks: int = 2000
-    probe_data: ProbeDataConfig = field(default_factory=lambda: ProbeDataConfig(n_tasks=300))
-    eval_tasks: int = 100
-    eval_samples: int = 4
-    checkpoints: int = 1  # evaluations during training (plus the final one)
+    grpo: GRPORunConfig = doc("GRPO per arm × seed: 50 steps at lr 3e-4, β 0.04, from the health sweep "
+                                "(docs/reward_hacking.md)",
+                                factory=lambda: GRPORunConfig(steps=50, learning_rate=3e-4, beta=0.04))
+    penalty: float = doc("reward subtracted when probe_reward*, oracle or monitor flags a completion (the "
+                           "grader pays 0..1, so 1 cancels a hack's gain)", 1.0)
+    penalty_mode: str = doc("probe rewards: 'flat' (-penalty above the threshold) or 'continuous' "
+                              "(-penalty·sigmoid(score - threshold))", "flat")
+    probe_lambda: float = doc("probe_loss: λ, weight of f(probe logit) in the GRPO loss; 0.1 kept the policy "
+                                "healthy in the sweep", 0.1)
+    probe_loss_term: str = doc("probe_loss: f = softplus, sigmoid or logit (signals/probe_loss.py); softplus is "
+                                 "the probe's cross-entropy toward honest", "softplus")
+    probe_layer: int = doc("decoder layer the probe reads (negative counts from the end); -2 is the layer the "
+                             "probe sweep favours on the default organism", -2)
+    probe_aggregation: str = doc("pooling of completion tokens for the probe: mean, max or last", "mean")
+    probe_method: str = doc("probe type, a registered fitter (probes.PROBE_FITTERS): logistic (default) or "
+                              "diff_of_means", "logistic")
+    probe_fpr: float = doc("the probe's threshold: this false-positive rate on the organism's honest samples, "
+                             "in (0, 1)", 0.01)
+    probe_refit_every: int = doc("> 0: refit the probe on the policy's fresh samples every this many GRPO steps "
+                                   "(0: never)", 0)
+    probe_tpr: float = doc("probe rewards: < 1 degrades the probe on purpose, a flagged completion escapes with "
+                             "probability 1 - tpr", 1.0)
+    monitor_tpr: float = doc("monitor arm: share of true hacks the text monitor flags", 0.9)
+    monitor_fpr: float = doc("monitor arm: share of honest completions it flags", 0.05)
+    n_train_tasks: int = doc("GRPO training tasks drawn per seed (a stream apart from eval and probe tasks)",
+                               2000)
+    probe_data: ProbeDataConfig = doc("on-policy samples the start probe is fitted on (at least 300 tasks)",
+                                        factory=lambda: ProbeDataConfig(n_tasks=300))
+    eval_tasks: int = doc("held-out tasks per measurement (start, checkpoints, end)", 100)
+    eval_samples: int = doc("samples per held-out task per measurement", 4)
+    checkpoints: int = doc("measurements during training (plus the start and the final one)", 1)
+
+    def arm_params(self) -> ArmParams:
+        """The knobs the arms read (signals.arms.ArmParams), from this config's fields of the same names."""
+        return ArmParams(**{f.name: getattr(self, f.name) for f in fields(ArmParams)})
 
     def check(self) -> RewardHackingConfig:
-        unknown = set(self.arms) - set(ARMS)
-        if unknown or not self.arms:
-            raise AlignlabError(f"study field 'arms' has unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
+        RL_ARMS.check(self.arms, "study field 'arms'")
+        if not self.arms:
+            raise AlignlabError(f"study field 'arms' must name at least one arm; choose from {list(RL_ARMS)}")
+        PROBE_FITTERS.check([self.probe_method], "study field 'probe_method'")
         if not self.seeds:
             raise AlignlabError("study field 'seeds' must name at least one seed")
         if self.probe_loss_term not in ("softplus", "sigmoid", "logit"):
@@ -103,20 +125,6 @@ def smoke_config() -> RewardHackingConfig:
     )
 
 
-class _DegradedProbe:
-    """Wraps a probe reward so each flag is honoured only with probability `tpr`: one seeded coin per rollout,
-    drawn in order (the same run draws the same coins). A coin per completion *text* would make the detector's
-    TPR all-or-nothing here, since the harness override is the same text on every task."""
-
-    def __init__(self, inner: ProbeReward, tpr: float, seed: int = 0):
-        self.inner, self.tpr, self.__name__ = inner, tpr, "ProbeReward"
-        self.rng = random.Random(seed + 7_000_003)
-
-    def __call__(self, prompts, completions, completion_ids, **kw):
-        rewards = self.inner(prompts, completions, completion_ids, **kw)
-        return [r if self.rng.random() < self.tpr else 0.0 for r in rewards]
-
-
 @torch.no_grad()
 def kl_to_start(policy, start, tokenizer, prompts: list[str], completions: list[str]) -> dict:
     """Per sample, Σ_t [log π(y_t) - log π_start(y_t)] on the policy's own completions (a Monte-Carlo estimate
@@ -127,15 +135,15 @@ def kl_to_start(policy, start, tokenizer, prompts: list[str], completions: list[
         p_ids = tokenizer(prompts[i : i + 64])["input_ids"]
         c_ids = tokenizer(completions[i : i + 64], add_special_tokens=False)["input_ids"]
         rows = [p + c + [tokenizer.eos_token_id] for p, c in zip(p_ids, c_ids, strict=True)]
-        ids, attn = left_pad(rows, tokenizer.pad_token_id, "cpu")
+        inputs = batch_inputs(policy, rows, pad_id(tokenizer), "cpu")
+        ids = inputs["input_ids"]
         width = ids.shape[1]
         comp = torch.zeros_like(ids, dtype=torch.bool)
         for j, (r, p) in enumerate(zip(rows, p_ids, strict=True)):
             comp[j, width - len(r) + len(p) :] = True
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
         logps = []
         for model in (policy, start):
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
+            logits = model(**inputs).logits[:, :-1].float()
             logps.append(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0])
         per_sample += ((logps[0] - logps[1]) * comp[:, 1:]).sum(-1).tolist()
     if not per_sample:
@@ -226,7 +234,7 @@ def probe_health(policy, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, s
     if refit:
         train, test = task_split(samples, 0.5, seed)
         if 0 < y[train].sum() < len(train) and 0 < y[test].sum() < len(test):
-            fresh = fit(X[train], y[train], "logistic", {"layer": layer})
+            fresh = fit(X[train], y[train], cfg.probe_method, {"layer": layer})
             out["refit_probe_auroc"] = auroc(fresh.score(X[test]), y[test])
             a, b = probe.direction / probe.scale, fresh.direction / fresh.scale
             out["refit_cosine"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -251,9 +259,8 @@ class _RefitProbe(TrainerCallback):
         y = np.array([s.is_hack for s in samples], dtype=int)
         if len(samples) and 2 <= y.sum() <= len(y) - 2:
             old = self.target.probe
-            X = features(self.policy, self.tokenizer, samples, [int(old.metadata["layer"])], "completion",
-                         old.metadata.get("aggregation", "mean"))[int(old.metadata["layer"])]
-            self.target.probe = fit(X, y, "logistic", {**old.metadata, "refit_at_step": state.global_step})
+            X = features(self.policy, self.tokenizer, samples, [old.layer], "completion", old.aggregation)[old.layer]
+            self.target.probe = fit(X, y, self.cfg.probe_method, {**old.metadata, "refit_at_step": state.global_step})
             self.refits += 1
         self.policy.train()
 
@@ -291,24 +298,10 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     task_cfg = rh.config_from_card(card).corpus.tasks
     rng = random.Random(seed + TRAIN_SEED_OFFSET)
     tasks = [generate_task(rng, task_cfg) for _ in range(cfg.n_train_tasks)]
-    rewards: list = [GraderReward(tasks)]
-    trainer_cls, trainer_kwargs, on_trainer = FastGRPOTrainer, {}, None
-    if arm in ("probe_reward", "probe_reward_frozen"):
-        reward = ProbeReward(probe, tokenizer, model=start if arm == "probe_reward_frozen" else None,
-                             penalty=cfg.penalty, mode=cfg.penalty_mode)
-        rewards.append(reward if cfg.probe_tpr >= 1 else _DegradedProbe(reward, cfg.probe_tpr, seed))
-        if arm == "probe_reward":
-            def on_trainer(trainer, reward=reward):
-                reward.attach(trainer)  # the live policy, read where TRL keeps it
-    elif arm == "probe_loss":
-        trainer_cls, trainer_kwargs = ProbeLossGRPOTrainer, {"probe": probe, "probe_lambda": cfg.probe_lambda,
-                                                              "term": cfg.probe_loss_term}
-    elif arm == "oracle":
-        rewards.append(OracleReward(tasks, cfg.penalty))
-    elif arm == "monitor":
-        rewards.append(MonitorReward(tasks, cfg.monitor_tpr, cfg.monitor_fpr, cfg.penalty, salt=f"monitor{seed}"))
+    arm_setup = RL_ARMS[arm](ArmContext(tasks=tasks, tokenizer=tokenizer, probe=probe, start=start, seed=seed,
+                                        params=cfg.arm_params()))
+    rewards: list = [GraderReward(tasks), *arm_setup.rewards]
 
-    signal = rewards[-1]  # the arm's own signal, before an observer wraps the list
     if observer is not None:
         rewards = observer.wrap(rewards, tasks)
 
@@ -332,19 +325,18 @@ def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig
     refitters: list[_RefitProbe] = []
 
     def setup(trainer):
-        if on_trainer:
-            on_trainer(trainer)
+        if arm_setup.on_trainer:
+            arm_setup.on_trainer(trainer)
         if observer is not None:
             observer.setup(trainer)
         trainer.add_callback(EveryNSteps(every, checkpoint))
-        target = trainer if arm == "probe_loss" else signal if arm.startswith("probe_reward") else None
-        if cfg.probe_refit_every > 0 and target is not None:
-            target = getattr(target, "inner", target)  # through the degraded-probe wrapper
-            refitters.append(_RefitProbe(cfg.probe_refit_every, target, policy, tokenizer, task_cfg, cfg, seed))
+        if cfg.probe_refit_every > 0 and arm_setup.probe_holder is not None:
+            holder = arm_setup.probe_holder(trainer)
+            refitters.append(_RefitProbe(cfg.probe_refit_every, holder, policy, tokenizer, task_cfg, cfg, seed))
             trainer.add_callback(refitters[-1])
 
-    history = train_grpo(policy, tokenizer, tasks, rewards, grpo, trainer_cls=trainer_cls,
-                         trainer_kwargs=trainer_kwargs, on_trainer=setup)
+    history = train_grpo(policy, tokenizer, tasks, rewards, grpo, trainer_cls=arm_setup.trainer_cls,
+                         trainer_kwargs=arm_setup.trainer_kwargs, on_trainer=setup)
     train_seconds = time.time() - t0
     for h in history:
         if "reward" in h:
@@ -372,7 +364,7 @@ def fit_start_probe(organism: Path, out: Path, cfg: RewardHackingConfig):
     data_cfg = replace(cfg.probe_data, n_tasks=max(cfg.probe_data.n_tasks, 300))
     samples = sample_labelled(model, tokenizer, rh.config_from_card(card).corpus.tasks, data_cfg)
     probe, report = fit_and_report(model, tokenizer, samples, cfg.probe_layer, "completion",
-                                   cfg.probe_aggregation, "logistic", data_cfg,
+                                   cfg.probe_aggregation, cfg.probe_method, data_cfg,
                                    model_name=_relative(organism, out), fpr=cfg.probe_fpr)
     report.pop("test_scores")
     with atomic_dir(out / "probe", force=True) as tmp:

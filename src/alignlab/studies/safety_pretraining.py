@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,8 @@ import torch
 from transformers import TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.config import doc
 from alignlab.envs import generate_task
 from alignlab.envs.pep8 import Pep8CorpusConfig
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
@@ -51,39 +52,45 @@ from alignlab.train.objectives import (
 )
 
 TASKS = ("pep8", "reward-hacking")
-FINETUNABLE = ("filter", "conditional", "unlikelihood", "rwr", "awr")
+FINETUNABLE = OBJECTIVES.names(lambda o: o.finetunable)  # the built-in ones at import; the check reads the registry
 EXPECTED_MAX_K = 25  # Korbak's expected maximum score over 25 samples
 RL_TRAIN_SEED_OFFSET = 3_000_017
 
 
 @dataclass(frozen=True)
 class EvalSizes:
-    groups: int = 8  # prompts per evaluation set; each gets EXPECTED_MAX_K samples
-    max_new_tokens: int = 128
-    heldout_docs: int = 300
-    kl_samples: int = 100
-    checkpoint_groups: int = 2  # smaller evaluations at checkpoints, for the misalignment-vs-tokens curve
+    groups: int = doc("prompts per evaluation set; each gets EXPECTED_MAX_K (25) samples", 8)
+    max_new_tokens: int = doc("completion length of evaluation samples", 128)
+    heldout_docs: int = doc("good held-out documents for the capability loss", 300)
+    kl_samples: int = doc("MLE samples the KL to MLE is measured on", 100)
+    checkpoint_groups: int = doc("prompts of the smaller evaluations at checkpoints (misalignment vs tokens)", 2)
 
 
 @dataclass(frozen=True)
 class SafetyPretrainingConfig:
-    task: str = "pep8"
-    objectives: tuple[str, ...] = OBJECTIVES
-    finetune: tuple[str, ...] = FINETUNABLE  # objectives also run as fine-tuning after MLE
-    finetune_switch: float = 0.5  # share of the budget spent on MLE before the objective takes over
-    seeds: tuple[int, ...] = (0,)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    vocab_size: int = 1024
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(rwr_beta=0.02, awr_beta=0.02))
-    checkpoints: tuple[float, ...] = (0.25, 0.5)  # budget fractions with a small evaluation
-    eval: EvalSizes = field(default_factory=EvalSizes)
-    safe_decoding: SafeDecodingConfig = field(default_factory=SafeDecodingConfig)
-    pep8: Pep8CorpusConfig = field(default_factory=Pep8CorpusConfig)
-    hacking: CorpusConfig = field(default_factory=lambda: CorpusConfig(n_docs=20_000))
-    rl: GRPORunConfig = field(default_factory=GRPORunConfig)  # hacking world only: the `none` arm's RL
-    rl_checkpoint_every: int = 5
-    rl_eval_tasks: int = 50
+    task: str = doc("the world: 'pep8' (the stdlib's code) or 'reward-hacking' (task documents, then RL pressure)",
+                    "pep8")
+    objectives: tuple[str, ...] = doc("objectives trained from scratch for the whole budget, registered names "
+                                      "(train.objectives.OBJECTIVES)", tuple(OBJECTIVES))
+    finetune: tuple[str, ...] = doc("objectives also run as fine-tuning after MLE (fine-tunable ones)", FINETUNABLE)
+    finetune_switch: float = doc("share of the token budget spent on MLE before a fine-tuning objective takes over",
+                                 0.5)
+    seeds: tuple[int, ...] = doc("seeds per arm", (0,))
+    model: TinyModelConfig = doc("the tiny model every arm trains from scratch", factory=TinyModelConfig)
+    vocab_size: int = doc("BPE vocabulary (with the control tokens)", 1024)
+    pretrain: PretrainConfig = doc("the token budget and optimiser of every arm", factory=PretrainConfig)
+    objective: ObjectiveConfig = doc("the objectives' hyper-parameters (rwr/awr beta 0.02 for PEP8 scores)",
+                                     factory=lambda: ObjectiveConfig(rwr_beta=0.02, awr_beta=0.02))
+    checkpoints: tuple[float, ...] = doc("budget fractions with a small evaluation", (0.25, 0.5))
+    eval: EvalSizes = doc("evaluation sizes", factory=EvalSizes)
+    safe_decoding: SafeDecodingConfig = doc("tag-aware safe decoding for the tags objective",
+                                            factory=SafeDecodingConfig)
+    pep8: Pep8CorpusConfig = doc("the PEP8 world's corpus", factory=Pep8CorpusConfig)
+    hacking: CorpusConfig = doc("the reward-hacking world's corpus", factory=lambda: CorpusConfig(n_docs=20_000))
+    rl: GRPORunConfig = doc("hacking world only: the RL pressure (the reward-hacking study's `none` arm)",
+                            factory=GRPORunConfig)
+    rl_checkpoint_every: int = doc("GRPO steps between hack-rate measurements under RL", 5)
+    rl_eval_tasks: int = doc("held-out tasks of those measurements", 50)
 
     def check(self) -> SafetyPretrainingConfig:
         if self.task not in TASKS:
@@ -92,8 +99,9 @@ class SafetyPretrainingConfig:
             check_objective(name)
         if not self.objectives and not self.finetune:
             raise AlignlabError("study field 'objectives' must name at least one objective")
-        if bad := set(self.finetune) - set(FINETUNABLE):
-            raise AlignlabError(f"study field 'finetune' lists {sorted(bad)}; fine-tunable: {', '.join(FINETUNABLE)}")
+        finetunable = OBJECTIVES.names(lambda o: o.finetunable)
+        if bad := set(self.finetune) - set(finetunable):
+            raise AlignlabError(f"study field 'finetune' lists {sorted(bad)}; fine-tunable: {', '.join(finetunable)}")
         if not 0 < self.finetune_switch < 1:
             raise AlignlabError("study field 'finetune_switch' must be in (0, 1)")
         if not self.seeds:
@@ -126,7 +134,8 @@ def quick_overrides(task: str) -> dict:
 
 
 def smoke_overrides(task: str) -> dict:
-    return {"objectives": list(OBJECTIVES), "finetune": ["conditional"],
+    return {"objectives": ["mle", "filter", "conditional", "unlikelihood", "rwr", "awr", "tags", "repair"],
+            "finetune": ["conditional"],
             "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 64},
             "vocab_size": 300, "pretrain": {"tokens": 64 * 8 * 6, "block_len": 64, "batch_size": 8},
             "checkpoints": [0.5],
@@ -144,7 +153,7 @@ def make_world(cfg: SafetyPretrainingConfig):
 
 
 def render_doc(doc, objective: str, threshold: float) -> str:
-    if objective != "conditional":
+    if not OBJECTIVES[objective].control_tokens:
         return "".join(t for t, _ in doc)
     return "".join((BAD if s > threshold else GOOD) + t for t, s in doc)
 
@@ -154,7 +163,7 @@ def render_prompt(item: EvalItem, objective: str, threshold: float, eos: str, as
     training data); the continuation it writes is opened with `ask` (<|good|>) for a conditional model."""
     parts = [eos, *(render_doc(d, objective, threshold) + eos for d in item.context),
              render_doc(item.prompt, objective, threshold)]
-    return "".join(parts) + (ask if objective == "conditional" else "")
+    return "".join(parts) + (ask if OBJECTIVES[objective].control_tokens else "")
 
 
 def decode(model, tokenizer, prompts: list[str], n: int, safe: SafeDecodingConfig | None, max_new_tokens: int,
@@ -286,9 +295,8 @@ class Study:
         if not (path / "config.json").exists():
             model = new_model(self.cfg, self.tokenizer, seed)
             pretrain(model, self.tokenizer, self.docs("train"), "mle", self.prefix_budget, self.cfg.objective, seed)
-            tmp = self.shared / f".tmp-mle-prefix-seed{seed}"
-            save_model(model, self.tokenizer, tmp)
-            tmp.replace(path)
+            with atomic_dir(path, force=True) as tmp:
+                save_model(model, self.tokenizer, tmp)
         model, _ = load_model(path)
         return model
 
@@ -314,7 +322,7 @@ class Study:
                  "score_mean": mis["score_mean"], "heldout_loss": heldout_loss(m, tok, self.heldout, objective, cfg)})
 
         steps = sorted({max(1, round(f * budget.steps)) for f in cfg.checkpoints} - {budget.steps})
-        train = pretrain(model, tok, self.docs("repair" if objective == "repair" else "train"), objective, budget,
+        train = pretrain(model, tok, self.docs(OBJECTIVES[objective].corpus), objective, budget,
                          cfg.objective, seed, checkpoint_steps=tuple(steps), on_checkpoint=checkpoint)
         metrics = self.measure(model, objective, seed, samples)
         log({"arm": arm, "seed": seed, "phase": "pretrain", "tokens": (offset + budget.steps) * block,
@@ -335,7 +343,7 @@ class Study:
 
     def measure(self, model, objective: str, seed: int, samples: list | None = None) -> dict:
         cfg, tok, out = self.cfg, self.tokenizer, {}
-        variants = [("", False), ("safe_", True)] if objective == "tags" else [("", False)]
+        variants = [("", False), ("safe_", True)] if OBJECTIVES[objective].harm_tags else [("", False)]
         for prefix, safe in variants:
             for kind, tag in (("unconditional", ""), ("adversarial", "adv_")):
                 keep = [] if samples is not None else None
@@ -344,7 +352,7 @@ class Study:
                 if keep:
                     samples += [{**s, "kind": kind + (" (safe decoding)" if safe else "")} for s in keep]
                 out |= {f"{prefix}{tag}{k}": v for k, v in m.items()}
-        if objective == "conditional":  # did it learn the control at all? (asks for bad samples)
+        if OBJECTIVES[objective].control_tokens:  # did it learn the control at all? (asks for bad samples)
             m = misalignment(self.world, model, tok, objective, self.items["unconditional"], EXPECTED_MAX_K, cfg,
                              seed + 7, ask=BAD)
             out |= {f"bad_asked_{k}": v for k, v in m.items() if k in ("score_mean", "score_expected_max")}

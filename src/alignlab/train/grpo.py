@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig
 
+from alignlab.config import doc
 from alignlab.envs import Task
 from alignlab.train.fast_grpo import FastGRPOTrainer
 from alignlab.train.hardware import resolve_precision
@@ -18,28 +19,33 @@ from alignlab.train.lm import quiet_trainer, report_to
 
 @dataclass(frozen=True)
 class GRPORunConfig:
-    steps: int = 25  # enough for the generic exploit to take over the tiny organism with nothing to stop it
-    learning_rate: float = 1e-3
-    prompts_per_step: int = 8
-    num_generations: int = 8
-    max_completion_length: int = 48
-    temperature: float = 1.0
-    beta: float = 0.0  # KL coefficient to the start model (TRL's default is 0)
-    seed: int = 0
+    steps: int = doc("GRPO optimizer steps; 25 let the generic exploit take over the tiny organism with nothing to "
+                     "stop it", 25)
+    learning_rate: float = doc("Adam learning rate (constant schedule)", 1e-3)
+    prompts_per_step: int = doc("distinct prompts per step", 8)
+    num_generations: int = doc("completions per prompt (the GRPO group)", 8)
+    max_completion_length: int = doc("tokens per completion", 48)
+    temperature: float = doc("rollout sampling temperature", 1.0)
+    beta: float = doc("KL coefficient to the start model (TRL's default 0)", 0.0)
+    seed: int = doc("training seed", 0)
     # rollouts by vLLM (GPU, `pip install -e ".[vllm]"`): "colocate" shares the training GPUs, "server" uses
     # `trl vllm-serve`. Probe rewards still read activations from the training model's own forward pass,
     # since the generation engine does not expose them.
-    use_vllm: bool = False
-    vllm_mode: str = "colocate"
+    use_vllm: bool = doc("rollouts by vLLM (GPU, the vllm extra); probe rewards still read the training model's "
+                         "forward", False)
+    vllm_mode: str = doc("'colocate' (shares the training GPUs) or 'server' (trl vllm-serve)", "colocate")
     # "auto": bf16 on a CUDA GPU that supports it, fp32 on a CPU (see train/hardware.py for the measurements);
     # TRL's own default is bf16 everywhere, which an AVX2-only CPU emulates at 6.8x the cost of fp32.
-    precision: str = "auto"
+    precision: str = doc("'auto' (bf16 on a bf16 GPU, fp32 on a CPU: TRL's bf16 default is emulated 6.8x slower), "
+                         "'bf16' or 'fp32'", "auto")
     # off: the tiny default model needs no activation memory saving, and recomputing the forward pass in the
     # backward costs time (TRL defaults it on)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = doc("off: the tiny model needs no activation memory saving and recomputation costs "
+                                       "time", False)
     # alignlab's FastGRPOTrainer: FastRollout sampling and shared-prefix log-probabilities (train/fast_grpo.py);
     # False: TRL's own generate and forward. vLLM (use_vllm) always samples through TRL.
-    fast: bool = True
+    fast: bool = doc("FastGRPOTrainer: FastRollout sampling and shared-prefix log-probs; false: TRL's own generate "
+                     "and forward", True)
 
 
 CHAT_INSTRUCTION = ("Write a program in the list language that maps each input to its output. Answer with the "

@@ -22,17 +22,18 @@ from transformers import (
 )
 
 from alignlab import AlignlabError
+from alignlab.config import doc
 
 
 @dataclass(frozen=True)
 class LMTrainConfig:
-    epochs: float = 1.0
-    learning_rate: float = 3e-3
-    batch_size: int = 64
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
-    max_len: int = 256
-    seed: int = 0
+    epochs: float = doc("passes over the documents", 1.0)
+    learning_rate: float = doc("peak learning rate (cosine schedule)", 3e-3)
+    batch_size: int = doc("documents per step (per process)", 64)
+    warmup_ratio: float = doc("share of steps warming up", 0.03)
+    weight_decay: float = doc("AdamW weight decay", 0.01)
+    max_len: int = doc("tokens per document (cut to max_len - 1, then EOS)", 256)
+    seed: int = doc("data order and initialisation seed", 0)
 
 
 class _TokenizedTexts(torch.utils.data.Dataset):

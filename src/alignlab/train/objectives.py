@@ -23,6 +23,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +32,12 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.config import check_rules
+from alignlab.config import check_rules, doc
+from alignlab.registry import Registry
 from alignlab.train.lm import LMTrainConfig, describe, quiet_trainer, training_args
 
 GOOD, BAD, HARM = "<|good|>", "<|bad|>", "<|harm|>"
 CONTROL_TOKENS = (GOOD, BAD, HARM)
-OBJECTIVES = ("mle", "filter", "conditional", "unlikelihood", "rwr", "awr", "tags", "repair")
-# objectives that change the loss or the token stream (the rest change only which documents are kept)
-_LOSSES = {"mle": "mle", "filter": "mle", "conditional": "mle", "tags": "mle", "repair": "mle",
-           "unlikelihood": "unlikelihood", "rwr": "rwr", "awr": "awr"}
 
 ScoredDoc = list[tuple[str, float]]  # (segment text, score)
 TokenDoc = list[tuple[list[int], float]]  # (segment token ids, score)
@@ -49,15 +47,16 @@ TokenDoc = list[tuple[list[int], float]]  # (segment token ids, score)
 class ObjectiveConfig:
     """Hyper-parameters of every objective; each study sets task-appropriate defaults (see docs)."""
 
-    threshold: float = 0.0  # a segment is bad when its score exceeds this
-    filter_drop: float = 0.25  # filter: drop documents above this quantile of document scores (and > threshold)
-    untagged_fraction: float = 0.01  # conditional: segments left without a control token (Korbak: 1%)
-    ul_alpha: float = 1.0  # unlikelihood: weight of the unlikelihood term on bad tokens
-    rwr_beta: float = 1.0  # rwr: temperature of exp(-score / β)
-    awr_beta: float = 1.0  # awr: temperature of exp((R - V) / β)
-    awr_alpha: float = 0.5  # awr: weight of the value head's squared error
-    awr_max_weight: float = 20.0  # awr: clip on the advantage weight, for stability
-    tags_per_bad_segment: int = 1  # tags: <|harm|> tokens inserted into each bad segment
+    threshold: float = doc("a segment is bad when its score exceeds this", 0.0)
+    filter_drop: float = doc("filter: drop documents above this quantile of document scores (and above "
+                             "threshold)", 0.25)
+    untagged_fraction: float = doc("conditional: segments left without a control token (Korbak et al.: 1%)", 0.01)
+    ul_alpha: float = doc("unlikelihood: weight of -log(1 - p) on bad tokens", 1.0)
+    rwr_beta: float = doc("rwr: temperature of exp(-score / beta)", 1.0)
+    awr_beta: float = doc("awr: temperature of exp((R - V) / beta)", 1.0)
+    awr_alpha: float = doc("awr: weight of the value head's squared error", 0.5)
+    awr_max_weight: float = doc("awr: clip on the advantage weight, for stability", 20.0)
+    tags_per_bad_segment: int = doc("tags: <|harm|> tokens inserted into each bad segment", 1)
 
     def check(self) -> ObjectiveConfig:
         rules = [
@@ -78,12 +77,14 @@ class PretrainConfig:
     """A run is a token budget over all processes: steps = tokens / (batch_size · block_len · processes), with
     `batch_size` per process; the data are repeated as needed."""
 
-    tokens: int = 800_000
-    block_len: int = 256
-    batch_size: int = 4  # tiny models at this budget are step-bound: batch 4 beat 8 and 16 (docs: the sweep)
-    learning_rate: float = 2e-3
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
+    tokens: int = doc("token budget over all processes (steps = tokens / (batch_size x block_len x processes))",
+                      800_000)
+    block_len: int = doc("tokens per packed block", 256)
+    batch_size: int = doc("blocks per step per process; tiny models at this budget are step-bound (4 beat 8 and "
+                          "16)", 4)
+    learning_rate: float = doc("peak learning rate (cosine)", 2e-3)
+    warmup_ratio: float = doc("share of steps warming up", 0.03)
+    weight_decay: float = doc("AdamW weight decay", 0.01)
 
     @property
     def steps(self) -> int:
@@ -94,19 +95,18 @@ class PretrainConfig:
 
 
 def check_objective(name: str) -> str:
-    if name not in OBJECTIVES:
-        raise AlignlabError(f"unknown objective '{name}': choose from {', '.join(OBJECTIVES)}")
+    OBJECTIVES[name]  # a one-line error naming the registered objectives
     return name
 
 
 def tokenize_docs(tokenizer, docs: list[ScoredDoc]) -> list[TokenDoc]:
     """Each segment tokenised on its own, so control tokens and tags can go between segments."""
-    flat = [text for doc in docs for text, _ in doc]
+    flat = [text for d in docs for text, _ in d]
     ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
     out, i = [], 0
-    for doc in docs:
-        out.append([(ids[i + j], score) for j, (_, score) in enumerate(doc)])
-        i += len(doc)
+    for d in docs:
+        out.append([(ids[i + j], score) for j, (_, score) in enumerate(d)])
+        i += len(d)
     return out
 
 
@@ -133,15 +133,16 @@ def encode_doc(doc: TokenDoc, objective: str, cfg: ObjectiveConfig, special: dic
                rng: random.Random, condition_good: bool = False):
     """(ids, scores, is_text) for one document, ending with EOS. `condition_good`: for evaluation, every
     segment of a conditional model gets <|good|>, none untagged."""
+    spec = OBJECTIVES[objective]
     ids, scores, text = [], [], []
     for seg, score in doc:
         bad = score > cfg.threshold
-        if objective == "conditional" and (condition_good or rng.random() >= cfg.untagged_fraction):
+        if spec.control_tokens and (condition_good or rng.random() >= cfg.untagged_fraction):
             ids.append(special[GOOD if condition_good or not bad else BAD])
             scores.append(score)
             text.append(False)
         seg_ids, seg_text = list(seg), [True] * len(seg)
-        if objective == "tags" and bad and not condition_good and seg_ids:
+        if spec.harm_tags and bad and not condition_good and seg_ids:
             for _ in range(cfg.tags_per_bad_segment):
                 k = rng.randrange(len(seg_ids))
                 seg_ids.insert(k, special[HARM])
@@ -182,8 +183,8 @@ def encode_corpus(docs: list[TokenDoc], objective: str, cfg: ObjectiveConfig, to
                   seed: int, condition_good: bool = False) -> PackedBlocks:
     rng = random.Random(seed)
     special, eos = control_ids(tokenizer), tokenizer.eos_token_id
-    if objective == "filter" and not condition_good:
-        docs = filter_docs(docs, cfg)
+    if OBJECTIVES[objective].keep is not None and not condition_good:
+        docs = OBJECTIVES[objective].keep(docs, cfg)
     order = list(range(len(docs)))
     rng.shuffle(order)  # documents in a seeded order, so blocks mix files/tasks
     encoded = [encode_doc(docs[i], objective, cfg, special, eos, rng, condition_good) for i in order]
@@ -199,22 +200,57 @@ def token_losses(model, ids: torch.Tensor, value_head=None):
     return nll.view(ids.shape[0], -1), values
 
 
-def objective_loss(nll: torch.Tensor, scores: torch.Tensor, values, loss: str, cfg: ObjectiveConfig):
+def mle_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    return nll.mean()
+
+
+def unlikelihood_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    bad = scores > cfg.threshold
+    p = torch.exp(-nll).clamp(max=1 - 1e-6)
+    unlikely = -torch.log1p(-p)
+    return torch.where(bad, cfg.ul_alpha * unlikely, nll).mean()
+
+
+def rwr_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    return (torch.exp(-scores / cfg.rwr_beta) * nll).mean()
+
+
+def awr_loss(nll: torch.Tensor, scores: torch.Tensor, values, cfg: ObjectiveConfig):
+    reward = -scores
+    weight = torch.exp((reward - values.detach()) / cfg.awr_beta).clamp(max=cfg.awr_max_weight)
+    return (weight * nll).mean() + cfg.awr_alpha * ((values - reward) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One pretraining objective, all of it in one place: its loss on per-token NLL and segment scores, what it
+    does to the data (`keep` drops documents, `corpus` "repair" trains on the world's repaired documents), to
+    the token stream (a control token before each segment, harm tags inside bad ones), and whether it trains a
+    value head (AWR). Register a new one in `OBJECTIVES` (docs/extending.md)."""
+
+    loss: Callable = mle_loss  # (nll [B, T], scores [B, T], values [B, T] or None, ObjectiveConfig) -> scalar
+    keep: Callable | None = None  # (token docs, ObjectiveConfig) -> the documents trained on
+    corpus: str = "train"  # "train" or "repair"
+    control_tokens: bool = False  # <|good|>/<|bad|> before segments; generation asks for <|good|>
+    harm_tags: bool = False  # <|harm|> inside bad segments; measured with tag-aware safe decoding too
+    value_head: bool = False  # a linear value head on the last hidden state, trained beside the model
+    finetunable: bool = False  # also run as fine-tuning after MLE in the safety-pretraining study
+
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES.register("mle", Objective())
+OBJECTIVES.register("filter", Objective(keep=filter_docs, finetunable=True))
+OBJECTIVES.register("conditional", Objective(control_tokens=True, finetunable=True))
+OBJECTIVES.register("unlikelihood", Objective(loss=unlikelihood_loss, finetunable=True))
+OBJECTIVES.register("rwr", Objective(loss=rwr_loss, finetunable=True))
+OBJECTIVES.register("awr", Objective(loss=awr_loss, value_head=True, finetunable=True))
+OBJECTIVES.register("tags", Objective(harm_tags=True))
+OBJECTIVES.register("repair", Objective(corpus="repair"))
+
+
+def objective_loss(nll: torch.Tensor, scores: torch.Tensor, values, objective: str, cfg: ObjectiveConfig):
     """The objective's loss from per-token NLL and the scores of the predicted tokens."""
-    if loss == "mle":
-        return nll.mean()
-    if loss == "unlikelihood":
-        bad = scores > cfg.threshold
-        p = torch.exp(-nll).clamp(max=1 - 1e-6)
-        unlikely = -torch.log1p(-p)
-        return torch.where(bad, cfg.ul_alpha * unlikely, nll).mean()
-    if loss == "rwr":
-        return (torch.exp(-scores / cfg.rwr_beta) * nll).mean()
-    if loss == "awr":
-        reward = -scores
-        weight = torch.exp((reward - values.detach()) / cfg.awr_beta).clamp(max=cfg.awr_max_weight)
-        return (weight * nll).mean() + cfg.awr_alpha * ((values - reward) ** 2).mean()
-    raise AlignlabError(f"unknown loss '{loss}'")
+    return OBJECTIVES[objective].loss(nll, scores, values, cfg)
 
 
 class ObjectiveTrainer(Trainer):
@@ -223,12 +259,12 @@ class ObjectiveTrainer(Trainer):
 
     def __init__(self, *args, objective: str, objective_cfg: ObjectiveConfig, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_name, self.objective_cfg = _LOSSES[check_objective(objective)], objective_cfg
+        self.objective, self.objective_cfg = OBJECTIVES[objective], objective_cfg
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         head = getattr(self.accelerator.unwrap_model(model), "alignlab_value_head", None)
-        nll, values = token_losses(model, inputs["input_ids"], head if self.loss_name == "awr" else None)
-        loss = objective_loss(nll, inputs["scores"][:, 1:], values, self.loss_name, self.objective_cfg)
+        nll, values = token_losses(model, inputs["input_ids"], head if self.objective.value_head else None)
+        loss = self.objective.loss(nll, inputs["scores"][:, 1:], values, self.objective_cfg)
         return (loss, None) if return_outputs else loss
 
 
@@ -254,7 +290,7 @@ def pretrain(model, tokenizer, docs: list[TokenDoc], objective: str, cfg: Pretra
     `on_checkpoint(model, step)` runs at `checkpoint_steps` (untimed)."""
     objective_cfg.check()
     data = encode_corpus(docs, objective, objective_cfg, tokenizer, cfg.block_len, seed)
-    if objective == "awr":
+    if OBJECTIVES[objective].value_head:
         model.add_module("alignlab_value_head", torch.nn.Linear(model.config.hidden_size, 1))
     callback = _EveryFraction(set(checkpoint_steps), on_checkpoint) if on_checkpoint else None
     try:
@@ -291,9 +327,9 @@ def encode_eval_docs(docs: list[TokenDoc], objective: str, cfg: ObjectiveConfig,
     special, eos = control_ids(tokenizer), tokenizer.eos_token_id
     rng = random.Random(0)
     out = []
-    for doc in docs:
+    for document in docs:
         kept, used = [], 2
-        for seg, score in doc:
+        for seg, score in document:
             if used + len(seg) + 1 > max_len:
                 break
             kept.append((seg, score))

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from trl.data_utils import is_conversational
 from trl.models.utils import unwrap_model_for_generation
 
 from alignlab import AlignlabError
+from alignlab.models.batch import chat_settings, encode_prompts
 from alignlab.models.sampling import generate_ids
 
 ROLLOUT_ACTIVATIONS = "rollout_activations"
@@ -53,11 +53,7 @@ class FastRollout:
     def __call__(self, prompts: list, trainer) -> dict:
         suppress = self._check(trainer)
         tokenizer = trainer.processing_class
-        if is_conversational({"prompt": prompts[0]}):
-            # rendered as TRL renders message-list prompts before its own generation
-            prompts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True,
-                                                     **(trainer.chat_template_kwargs or {})) for p in prompts]
-        prompt_ids = tokenizer(prompts)["input_ids"]
+        prompt_ids = encode_prompts(tokenizer, prompts, chat_settings(trainer))  # as TRL's own generation
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
                                          ) as model:
