@@ -80,7 +80,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class ProbeFrontierConfig:
     base: RewardHackingConfig = field(default_factory=_base, metadata={
         "help": "every run's GRPO, signal and probe settings (the reward-hacking study's config); variants "
-                "change fields of it"})
+                "change fields of it. Its own `arms` and `seeds` are not read: `methods` and `seeds` below are"})
     methods: tuple[str, ...] = field(default=ARMS, metadata={"help": "the main group's methods (arms)"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={
         "help": "seeds of the main group: 3 for a 95% CI on every rate"})
