@@ -27,7 +27,7 @@ class ForcedRollout(FastRollout):
         super().__init__()
         self.task_of, self.hack, self.per_group = task_of, hack, per_group
         self.__name__ = "ForcedRollout"
-        self.forced = 0  # rows forced so far (a check that forcing happened)
+        self.forced = self.skipped = 0  # rows forced so far; hacks too long for the completion length
 
     def __call__(self, prompts: list, trainer) -> dict:
         out = super().__call__(prompts, trainer)
@@ -41,8 +41,10 @@ class ForcedRollout(FastRollout):
                 continue
             if prompt not in self.task_of:
                 raise AlignlabError("forced rollout: a prompt is not one of the training tasks' prompts")
-            ids = tokenizer(self.hack(self.task_of[prompt]), add_special_tokens=False)["input_ids"]
-            ids = [*ids[: trainer.max_completion_length - 1], eos]
+            ids = tokenizer(self.hack(self.task_of[prompt]), add_special_tokens=False)["input_ids"] + [eos]
+            if len(ids) > trainer.max_completion_length:  # a cut-off hack would be malformed: keep the sample
+                self.skipped += 1
+                continue
             out["completion_ids"][i] = ids
             out["logprobs"][i] = [0.0] * len(ids)  # unused without vLLM importance sampling (module docstring)
             self.forced += 1
