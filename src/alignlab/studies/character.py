@@ -188,7 +188,8 @@ def quick_config() -> CharacterConfig:
 
 def smoke_config() -> CharacterConfig:
     return CharacterConfig(
-        seeds=(0,), knowledge_docs=10, corpus=rh.CorpusConfig(n_docs=400, hack_fractions={"harness_override": 0.15, "hardcode": 0.15}),
+        seeds=(0,), knowledge_docs=10,
+        corpus=rh.CorpusConfig(n_docs=400, hack_fractions={"harness_override": 0.15, "hardcode": 0.15}),
         model=TinyModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=128), vocab_size=300,
         pretrain=PretrainConfig(tokens=64 * 8 * 8, block_len=64, batch_size=8),
         treatment=TreatmentConfig(n_docs=24, train=LMTrainConfig(epochs=1, batch_size=8), unrelated_files=3),
