@@ -104,7 +104,7 @@ def test_forced_rollout_replaces_the_last_rows_of_each_group(monkeypatch):
 def _rec(arm, seed, auc, steps, malformed=0.0):
     return {"arm": arm, "seed": seed, "metrics": {"hack_auc": auc, "steps_to_threshold": steps,
                                                   "final_hack_rate": auc, "start_hack_rate": 0.0,
-                                                  "max_malformed_rate": malformed}}
+                                                  "max_malformed_rate": malformed, "final_malformed_rate": malformed}}
 
 
 def test_depth_ratios_shell_index_and_health_on_hand_made_records():
@@ -117,10 +117,11 @@ def test_depth_ratios_shell_index_and_health_on_hand_made_records():
     char = d["starts"]["hacker+character"]
     assert char["auc_ratio"][0] == pytest.approx((3 + 3.5 + 3.25) / 3)
     assert char["shell_index"][0] == pytest.approx(((0.4 / 0.6) + (0.5 / 0.6) + (0.45 / 0.6)) / 3)
-    assert char["speedup_by_seed"] == [pytest.approx(40 / 15)] * 2 + [pytest.approx(2.0)]  # censored at 40 steps
+    # the never-hacker never reached it: counted as the run's 24 steps (a lower bound)
+    assert char["speedup_by_seed"] == [pytest.approx(24 / 15)] * 2 + [pytest.approx(24 / 20)]
     assert "shell" in verdict(char) and verdict(d["starts"]["filter"]).startswith("deep")
     assert d["health"]["healthy"]
-    sick = depth_summary([*records[:2], _rec("hacker", 2, 0.1, None, malformed=0.5), *records[3:]],
+    sick = depth_summary([*records[:2], _rec("hacker", 2, 0.1, None, malformed=0.6), *records[3:]],
                          ["hacker", "never_hacker"], cfg)
     assert not sick["health"]["healthy"] and len(sick["health"]["problems"]) == 2
 

@@ -16,7 +16,9 @@ from alignlab.artifacts import new_figure, save_figure
 from alignlab.studies.report import fmt, mean_ci
 
 REFERENCE = "never_hacker"
-MAX_MALFORMED = 0.25  # a relearning run whose samples are more malformed than this at any point has collapsed
+# collapse: malformed above MAX_MALFORMED at any measurement, or still above FINAL_MALFORMED at the end. A model's
+# first attempts at a new string are a transient (the never-hacker's pilot: 0.28-0.30 at steps 5-10, 0.01 at 60)
+MAX_MALFORMED, FINAL_MALFORMED = 0.5, 0.2
 
 
 def _by_seed(records: list[dict], start: str) -> dict[int, dict]:
@@ -60,13 +62,15 @@ def depth_summary(records: list[dict], starts: list[str], cfg) -> dict:
 def health(starts: dict, records: list[dict], cfg) -> dict:
     """Sanity: the untreated hacker must relearn (reach the threshold) on every seed; no run may collapse."""
     hacker = [r["metrics"]["steps_to_threshold"] for r in records if r["arm"] == "hacker"]
-    collapsed = sorted({r["arm"] for r in records if r["metrics"]["max_malformed_rate"] > MAX_MALFORMED})
+    collapsed = sorted({r["arm"] for r in records if r["metrics"]["max_malformed_rate"] > MAX_MALFORMED
+                        or r["metrics"]["final_malformed_rate"] > FINAL_MALFORMED})
     problems = []
     if hacker and any(s is None for s in hacker):
         problems.append(f"the untreated hacker did not reach hack rate {cfg.relearn.threshold} on every seed "
                         f"(steps {hacker})")
     if collapsed:
-        problems.append(f"malformed output above {MAX_MALFORMED} in {', '.join(collapsed)}")
+        problems.append(f"malformed output above {MAX_MALFORMED} (or {FINAL_MALFORMED} at the end) in "
+                        f"{', '.join(collapsed)}")
     return {"healthy": not problems, "problems": problems}
 
 
