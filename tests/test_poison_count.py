@@ -105,6 +105,7 @@ def _cells(small: float, large_count: float, large_share: float, size: str = "d9
 
 def test_verdict_on_hand_made_cells():
     assert pc.verdict(_cells(0.85, 0.83, 0.95))["call"] == "follows the count"
+    assert pc.verdict(_cells(0.85, 0.96, 0.99))["call"] == "follows the count"  # stronger when diluted
     assert pc.verdict(_cells(0.85, 0.20, 0.86))["call"] == "follows the share"
     assert pc.verdict(_cells(0.85, 0.20, 0.40))["call"] == "neither clearly"
     assert pc.verdict(_cells(0.02, 0.00, 0.90))["call"] == "not learnt"
