@@ -252,6 +252,9 @@ def plot_grid(cells: list[dict], path: str | Path) -> None:
             ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt="o",
                         linestyle=style, color=f"C{i}", capsize=3, label=f"{size}, fixed {cond}")
     ax.set_xscale("log")
+    docs = sorted({c["n_docs"] for c in cells})
+    ax.set_xticks(docs, [f"{n:,}" for n in docs])
+    ax.minorticks_off()
     ax.set_xlabel("documents in the corpus")
     ax.set_ylabel("backdoor (triggered − untriggered)")
     ax.axhline(0, color="grey", linewidth=0.5)
