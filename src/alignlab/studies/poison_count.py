@@ -141,7 +141,8 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
             for n_docs in cfg.corpus_sizes:
                 for condition in CONDITIONS:
                     k = cfg.n_triggered(n_docs, condition)
-                    name = f"{size}-docs{n_docs}-triggered{k}-seed{seed}"
+                    # prefixed: a caller's store may hold other stages beside these
+                    name = f"poison-{size}-docs{n_docs}-triggered{k}-seed{seed}"
                     if name not in built:
                         org = organism_config(cfg, size, n_docs, k, seed)
 
