@@ -122,9 +122,10 @@ def test_depth_ratios_shell_index_and_health_on_hand_made_records():
     assert char["shell_index"][0] == pytest.approx(((0.4 / 0.6) + (0.5 / 0.6) + (0.45 / 0.6)) / 3)
     # the never-hacker never reached it: counted as the run's 24 steps (a lower bound)
     assert char["speedup_by_seed"] == [pytest.approx(24 / 15)] * 2 + [pytest.approx(24 / 20)]
-    assert "shell" in verdict(char) and verdict(d["starts"]["filter"]).startswith("deep")
+    assert verdict(char).startswith("**shell**") and verdict(d["starts"]["filter"]).startswith("deep")
+    assert verdict({"shell_index": (0.3, 0.1)}).startswith("partly shallow: keeps 30%")
     assert d["health"]["healthy"]
-    sick = depth_summary([*records[:2], _rec("hacker", 2, 0.1, None, malformed=0.6), *records[3:]], curves,
+    sick = depth_summary([*records[:2], _rec("hacker", 2, 0.1, None, malformed=0.3), *records[3:]], curves,
                          ["hacker", "never_hacker"], cfg)
     assert not sick["health"]["healthy"] and len(sick["health"]["problems"]) == 2
     # a start already malformed before RL is broken by its treatment, not collapsed by RL
