@@ -45,6 +45,7 @@ _EXPORTS = {
     "ArmSetup": "alignlab.signals.arms",
     "train_grpo": "alignlab.train.grpo",
     "GRPORunConfig": "alignlab.train.grpo",
+    "ForcedRollout": "alignlab.train.forced",
     "OBJECTIVES": "alignlab.train.objectives",
     # audit instruments
     "SAEConfig": "alignlab.audit.sae",
