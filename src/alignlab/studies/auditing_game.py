@@ -54,11 +54,12 @@ def play_one(index: int, out: Path, cfg: GameConfig, say) -> dict:
         say(f"sealing organism {index}")
         game.seal(sealed, seed, cfg.seal, force=True)
     model, tokenizer, _, texts = game.load_sealed(sealed)
+    reference = game.load_reference(sealed)
     guesses = {}
     for name in cfg.auditors:
         say(f"organism {index}: auditor {name}")
         t0 = time.time()
-        guess = run_auditor(name, model, tokenizer, texts, cfg.auditor)
+        guess = run_auditor(name, model, tokenizer, texts, cfg.auditor, reference=reference)
         score = game.check(sealed, {k: guess[k] for k in ("trigger", "behaviour") if guess[k] is not None})
         guesses[name] = {"guess": {k: guess[k] for k in ("trigger", "behaviour")}, "evidence": guess["evidence"],
                          "score": score, "seconds": round(time.time() - t0, 1)}
