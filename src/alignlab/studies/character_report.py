@@ -110,7 +110,7 @@ def verdict(row: dict) -> str:
 def headline(depth: dict) -> list[str]:
     rows, h = depth["starts"], depth["health"]
     if not h["healthy"]:
-        first = "**Unhealthy regime — the ratios below measure noise**: " + "; ".join(h["problems"])
+        first = "**Unhealthy regime — the ratios below measure noise**: " + "; ".join(h["problems"]) + "."
     else:
         first = "Healthy regime (the untreated hacker relearns on every seed; no RL run ended collapsed)."
     if h.get("max_malformed_transient") is not None:
