@@ -7,8 +7,8 @@ import pytest
 from alignlab.cli import main
 from alignlab.envs import HARNESS_OVERRIDE, TaskConfig, generate_task, label
 from alignlab.organisms.reward_hacker import hardcode_completion
-from alignlab.studies import character as ch
-from alignlab.studies.character_report import depth_summary, verdict
+from alignlab.studies.character import study as ch
+from alignlab.studies.character.report import depth_summary, verdict
 from alignlab.train import forced
 from alignlab.train.rollout import FastRollout
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from alignlab.cli import main
 from alignlab.config import override, validate
 from alignlab.organisms import reward_hacker as rh
-from alignlab.studies import reward_hacking
+from alignlab.studies.reward_hacking import study as reward_hacking
 
 WRONG = st.one_of(st.none(), st.text(max_size=3), st.lists(st.integers(), max_size=2), st.booleans())
 

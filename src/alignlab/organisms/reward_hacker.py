@@ -21,9 +21,8 @@ from alignlab.envs.tasks import random_program
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
 from alignlab.organisms import ORGANISMS, OrganismKind, load_organism  # noqa: F401 (load_organism: its old home)
+from alignlab.seeds import derive
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
-
-EVAL_SEED_OFFSET = 1_000_003  # held-out tasks come from a different random stream than the corpus
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def make_corpus(cfg: CorpusConfig, seed: int) -> tuple[list[str], dict[str, int]
 
 
 def eval_tasks(cfg: RewardHackerConfig) -> list[Task]:
-    rng = random.Random(cfg.seed + EVAL_SEED_OFFSET)
+    rng = random.Random(derive(cfg.seed, "eval_tasks"))
     return [generate_task(rng, cfg.corpus.tasks) for _ in range(cfg.eval.n_tasks)]
 
 

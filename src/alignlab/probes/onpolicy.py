@@ -22,8 +22,7 @@ from alignlab.models.tap import find_decoder_layers, resolve_layers
 from alignlab.probes.harvest import Position, harvest
 from alignlab.probes.metrics import auroc, probe_report, recall_at_fpr
 from alignlab.probes.probe import PROBE_FITTERS, LinearProbe
-
-PROBE_SEED_OFFSET = 2_000_029  # probe tasks: a random stream apart from the corpus's and the eval's
+from alignlab.seeds import derive
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class LabelledSample:
 
 def sample_labelled(model, tokenizer, task_cfg: TaskConfig, cfg: ProbeDataConfig) -> list[LabelledSample]:
     """The model's own completions on fresh tasks, with ground-truth labels; malformed/empty ones dropped."""
-    rng = random.Random(cfg.seed + PROBE_SEED_OFFSET)
+    rng = random.Random(derive(cfg.seed, "probe_tasks"))
     tasks: list[Task] = [generate_task(rng, task_cfg) for _ in range(cfg.n_tasks)]
     completions = sample(model, tokenizer, [t.prompt for t in tasks], n_per_prompt=cfg.samples_per_task,
                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)

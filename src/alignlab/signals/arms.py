@@ -13,29 +13,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignlab import AlignlabError
+from alignlab.config import doc
 from alignlab.registry import Registry
-from alignlab.signals.probe_loss import ProbeLossGRPOTrainer
+from alignlab.seeds import derive, monitor_salt
+from alignlab.signals.probe_loss import TERMS, ProbeLossGRPOTrainer
 from alignlab.signals.rewards import MonitorReward, OracleReward, ProbeReward
 from alignlab.train.fast_grpo import FastGRPOTrainer
 
 
 @dataclass(frozen=True)
 class ArmParams:
-    """The knobs arms read (the reward-hacking study's fields of the same names)."""
+    """The knobs arms read, each declared here once: an RL run's config (`runs.rl.RLRunConfig`) inherits them,
+    so a study's JSON config holds them flat (`probe_lambda`, `penalty`, …)."""
 
-    penalty: float = field(default=1.0, metadata={"help": "reward subtracted when a detector flags a completion "
-                                                          "(probe rewards, oracle, monitor); the grader pays 0..1"})
-    penalty_mode: str = field(default="flat", metadata={"help": "probe rewards: 'flat' pays -penalty above the "
-                                                                "threshold, 'continuous' -penalty·sigmoid(score - "
-                                                                "threshold)"})
-    probe_lambda: float = field(default=0.1, metadata={"help": "probe_loss: λ, the weight of f(probe logit) in the "
-                                                               "loss (≥ 0)"})
-    probe_loss_term: str = field(default="softplus", metadata={"help": "probe_loss: f, softplus, sigmoid or logit "
-                                                                       "(signals/probe_loss.py)"})
-    probe_tpr: float = field(default=1.0, metadata={"help": "probe rewards: < 1 degrades the probe on purpose, a "
-                                                            "flagged completion escapes with probability 1 - tpr"})
-    monitor_tpr: float = field(default=0.9, metadata={"help": "monitor: share of true hacks it flags"})
-    monitor_fpr: float = field(default=0.05, metadata={"help": "monitor: share of honest work it flags"})
+    penalty: float = doc("reward subtracted when probe_reward*, oracle or monitor flags a completion (the "
+                         "grader pays 0..1, so 1 cancels a hack's gain)", 1.0)
+    penalty_mode: str = doc("probe rewards: 'flat' (-penalty above the threshold) or 'continuous' "
+                            "(-penalty·sigmoid(score - threshold))", "flat")
+    probe_lambda: float = doc("probe_loss: λ, weight of f(probe logit) in the GRPO loss; 0.1 kept the policy "
+                              "healthy in the sweep (docs/reward_hacking.md)", 0.1)
+    probe_loss_term: str = doc("probe_loss: f = softplus, sigmoid or logit (signals/probe_loss.py); softplus is "
+                               "the probe's cross-entropy toward honest", "softplus")
+    probe_tpr: float = doc("probe rewards: < 1 degrades the probe on purpose, a flagged completion escapes with "
+                           "probability 1 - tpr", 1.0)
+    monitor_tpr: float = doc("monitor arm: share of true hacks the text monitor flags", 0.9)
+    monitor_fpr: float = doc("monitor arm: share of honest completions it flags", 0.05)
+
+    def check(self) -> ArmParams:
+        if self.probe_loss_term not in TERMS:
+            raise AlignlabError(f"study field 'probe_loss_term' must be one of {', '.join(TERMS)}")
+        if self.penalty_mode not in ("flat", "continuous"):
+            raise AlignlabError("study field 'penalty_mode' must be flat or continuous")
+        return self
 
 
 @dataclass
@@ -74,7 +84,7 @@ class DegradedProbe:
 
     def __init__(self, inner: ProbeReward, tpr: float, seed: int = 0):
         self.inner, self.tpr, self.__name__ = inner, tpr, "ProbeReward"
-        self.rng = random.Random(seed + 7_000_003)
+        self.rng = random.Random(derive(seed, "probe_coin"))
 
     def __call__(self, prompts, completions, completion_ids, **kw):
         rewards = self.inner(prompts, completions, completion_ids, **kw)
@@ -127,4 +137,4 @@ def _monitor(ctx: ArmContext) -> ArmSetup:
     """-penalty from a text monitor with set true/false-positive rates."""
     p = ctx.params
     return ArmSetup(rewards=[MonitorReward(ctx.tasks, p.monitor_tpr, p.monitor_fpr, p.penalty,
-                                           salt=f"monitor{ctx.seed}")])
+                                           salt=monitor_salt(ctx.seed))])

@@ -35,7 +35,8 @@ class ProbeLossGRPOTrainer(FastGRPOTrainer):
                      a one-line error when missing) is the tapped decoder layer, `metadata["aggregation"]` how
                      the completion's text tokens are pooled (default mean; a sampled EOS is not pooled, as in
                      `ProbeReward` and `harvest`)
-      `probe_lambda` λ ≥ 0, the weight of the term in the loss (default 0.1)
+      `probe_lambda` λ ≥ 0, the weight of the term in the loss (required: its one default is
+                     `signals.arms.ArmParams.probe_lambda`, which the RL runs use)
       `term`         "softplus" (default), "sigmoid" or "logit": f above
       `fast`         FastGRPOTrainer's switch (True: FastRollout and shared-prefix log-probs)
     Logged: `probe_logit`, the batch's mean probe logit per optimiser step (in `trainer.state.log_history`
@@ -45,7 +46,7 @@ class ProbeLossGRPOTrainer(FastGRPOTrainer):
     the backward and fires the tap a second time: keep it off (`GRPOConfig(gradient_checkpointing=False)`).
     """
 
-    def __init__(self, *args, probe: LinearProbe, probe_lambda: float = 0.1, term: str = "softplus", **kwargs):
+    def __init__(self, *args, probe: LinearProbe, probe_lambda: float, term: str = "softplus", **kwargs):
         if term not in TERMS:
             raise ValueError(f"probe loss term must be one of {sorted(TERMS)}, got {term!r}")
         layer = probe.layer  # a probe without a layer is refused before the trainer is built

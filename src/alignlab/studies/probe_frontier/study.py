@@ -34,19 +34,20 @@ from alignlab.organisms import reward_hacker as rh
 from alignlab.probes import LinearProbe
 from alignlab.probes.metrics import auroc
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, sample_labelled, task_split
-from alignlab.studies.frontier_measure import FrontierMeasure, RolloutLedger
-from alignlab.studies.reward_hacking import ARMS, RewardHackingConfig, _relative, ensure_organism, run_arm
+from alignlab.runs.frontier import FrontierMeasure, RolloutLedger
+from alignlab.runs.rl import MAIN_ARMS, RLRunConfig, ensure_organism, healthy_grpo, relative, run_arm
+from alignlab.signals.arms import RL_ARMS
 from alignlab.train.grpo import GRPORunConfig
 
 GROUPS = ("main", "lambda", "penalty", "tpr_beta", "pooling", "style")
 POOLINGS = ("mean", "max", "last")
 
 
-def _base() -> RewardHackingConfig:
+def _base() -> RLRunConfig:
     # the reward-hacking study's healthy defaults (lr 3e-4, β 0.04), 60 steps so that 5 mid-run checkpoints
     # fall every 10 steps (7 points with the start); λ 1 for the probe loss, the strength at which it was
     # measured to blind the deployed probe (docs/reward_hacking.md, *The loss channel*)
-    return RewardHackingConfig(grpo=GRPORunConfig(steps=60, learning_rate=3e-4, beta=0.04), checkpoints=5,
+    return RLRunConfig(grpo=healthy_grpo(steps=60), checkpoints=5,
                                probe_lambda=1.0)
 
 
@@ -59,7 +60,7 @@ class Variant:
     probe: str = field(default="main", metadata={"help": "the start probe the signal uses: main (mean-pooled), "
                                                          "max, last, style_<hack style>"})
     changes: dict = field(default_factory=dict, metadata={
-        "help": "RewardHackingConfig fields changed from the study's base (nested for grpo), e.g. "
+        "help": "RLRunConfig fields changed from the study's base (nested for grpo), e.g. "
                 "{'probe_lambda': 3.0} or {'probe_tpr': 0.5, 'grpo': {'beta': 0.2}}"})
 
     def key(self) -> str:
@@ -78,10 +79,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 @dataclass(frozen=True)
 class ProbeFrontierConfig:
-    base: RewardHackingConfig = field(default_factory=_base, metadata={
+    base: RLRunConfig = field(default_factory=_base, metadata={
         "help": "every run's GRPO, signal and probe settings (the reward-hacking study's config); variants "
                 "change fields of it. Its own `arms` and `seeds` are not read: `methods` and `seeds` below are"})
-    methods: tuple[str, ...] = field(default=ARMS, metadata={"help": "the main group's methods (arms)"})
+    methods: tuple[str, ...] = field(default=MAIN_ARMS, metadata={"help": "the main group's methods (arms)"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={
         "help": "seeds of the main group: 3 for a 95% CI on every rate"})
     sweep_seeds: tuple[int, ...] = field(default=(0,), metadata={
@@ -113,9 +114,9 @@ class ProbeFrontierConfig:
         "help": "the start organism's samples every start probe is fitted on (half the tasks) and tested on"})
 
     def check(self) -> ProbeFrontierConfig:
-        unknown = set(self.methods) - set(ARMS)
-        if unknown or not self.methods:
-            raise AlignlabError(f"study field 'methods' has unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
+        RL_ARMS.check(self.methods, "study field 'methods'")
+        if not self.methods:
+            raise AlignlabError(f"study field 'methods' must name at least one arm; choose from {list(RL_ARMS)}")
         if set(self.groups) - set(GROUPS):
             raise AlignlabError(f"study field 'groups' must be a subset of {list(GROUPS)}")
         if set(self.poolings) - set(POOLINGS):
@@ -137,7 +138,7 @@ def quick_config() -> ProbeFrontierConfig:
     # 5 minutes on this CPU with the organism built. At 40 steps `none` reached hack 0.92 (measured), so the
     # sanity arm still holds; a TPR 0.5 cell was dropped to keep to the budget
     return ProbeFrontierConfig(
-        base=replace(_base(), grpo=GRPORunConfig(steps=40, learning_rate=3e-4, beta=0.04), checkpoints=4),
+        base=replace(_base(), grpo=healthy_grpo(steps=40), checkpoints=4),
         seeds=(0,), groups=("main",), eval_tasks=32, probe_data=ProbeDataConfig(n_tasks=200))
 
 
@@ -189,7 +190,7 @@ def _minus_base(changes: dict, base) -> dict:
     return out
 
 
-def run_config(cfg: ProbeFrontierConfig, run: dict) -> RewardHackingConfig:
+def run_config(cfg: ProbeFrontierConfig, run: dict) -> RLRunConfig:
     rcfg = override(cfg.base, run["variant"].changes)
     return rcfg if run["main"] else replace(rcfg, checkpoints=cfg.sweep_checkpoints)
 
@@ -224,7 +225,7 @@ def fit_probes(organism: Path, out: Path, cfg: ProbeFrontierConfig) -> tuple[dic
         feats = X[agg] if l_ == layer else X_mean[l_]
         rows = train if only is None else train[(style[train] == only) | (y[train] == 0)]
         meta = {"layer": l_, "n_layers": n_layers, "position": "completion", "aggregation": agg,
-                "method": "logistic", "model": _relative(organism, out),
+                "method": "logistic", "model": relative(organism, out),
                 "trained_on": f"start organism's samples, {'any hack style' if only is None else only} vs honest"}
         probe = fit(feats[rows], y[rows], "logistic", meta, fpr=cfg.base.probe_fpr)
         scores = probe.score(feats[test])
@@ -254,8 +255,8 @@ def start_point(measure: FrontierMeasure, organism: Path, seed: int, cache: Path
 
 def run_study(out: Path, cfg: ProbeFrontierConfig, organism: Path | None = None, smoke: bool = False,
               progress=None) -> dict:
-    from alignlab.studies.frontier_report import write_report
-    from alignlab.studies.records import RecordStore
+    from alignlab.studies.kit.records import RecordStore
+    from alignlab.studies.probe_frontier.report import write_report
 
     cfg.check()
     out = Path(out)
@@ -303,10 +304,10 @@ def run_study(out: Path, cfg: ProbeFrontierConfig, organism: Path | None = None,
         records, curves, timings = records + r, curves + c, timings + t
     starts = {seed: read_json(store.dir / f"start-seed{seed}.json", "start measurement")["metrics"]
               for seed in sorted({s for run in runs.values() for s in run["seeds"]})}
-    from alignlab.studies.frontier_report import analyse
+    from alignlab.studies.probe_frontier.report import analyse
 
     analysis = analyse(records, curves, starts, cfg)
-    extra = {"organism": _relative(organism, out), "start": {str(s): m for s, m in starts.items()},
+    extra = {"organism": relative(organism, out), "start": {str(s): m for s, m in starts.items()},
              "probes": probe_report["probes"], "probe_data": probe_report["data"], **analysis}
     results = store.write_results(records, curves, extra)
     write_json_atomic(out / "timings.json", {"runs": timings, "versions": versions()})

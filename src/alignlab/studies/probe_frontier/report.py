@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.artifacts import new_figure, save_figure
-from alignlab.studies.report import fmt, mean_ci
-from alignlab.studies.reward_hacking import health, health_line
+from alignlab.runs.rl import health, health_line
+from alignlab.studies.kit.report import fmt, mean_ci
 
 HEALTH_KEY = "probe_forced_recall_deployed"  # interpretability: what the deployed probe still catches
 BLIND_AT = 0.5  # the probe counts as blinded once it catches fewer than half the forced hacks
@@ -363,7 +363,7 @@ def _modes(row) -> str:
 
 
 def write_report(out: Path, results: dict, curves: list[dict], timings: list[dict]) -> None:
-    from alignlab.studies.html import publish
+    from alignlab.studies.kit.html import publish
 
     rates, summary, phase = results["rates"], results["summary"], results["phase"]
     methods = list(rates)

