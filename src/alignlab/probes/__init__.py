@@ -4,14 +4,13 @@ from alignlab.probes.harvest import Features, harvest, iter_features, load_harve
 from alignlab.probes.metrics import (
     accuracy_at_threshold,
     auroc,
-    layer_sweep,
-    plot_layer_sweep,
     probe_report,
     random_direction_control,
     recall_at_fpr,
     threshold_at_fpr,
 )
 from alignlab.probes.probe import PROBE_FITTERS, LinearProbe, fit_diff_of_means, fit_logistic, fit_probe
+from alignlab.probes.sweep import layer_sweep, plot_layer_sweep
 
 __all__ = [
     "PROBE_FITTERS",

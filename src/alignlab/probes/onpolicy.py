@@ -22,6 +22,7 @@ from alignlab.models.tap import find_decoder_layers, resolve_layers
 from alignlab.probes.harvest import Position, harvest
 from alignlab.probes.metrics import auroc, probe_report, recall_at_fpr
 from alignlab.probes.probe import PROBE_FITTERS, LinearProbe
+from alignlab.probes.sweep import layer_sweep
 from alignlab.seeds import derive
 
 
@@ -175,8 +176,6 @@ def evaluate_probe(model, tokenizer, probe: LinearProbe, samples: list[LabelledS
 
 def sweep(model, tokenizer, samples: list[LabelledSample], aggregation: str, cfg: ProbeDataConfig) -> dict:
     """Layer sweep for both probe positions on the same task-disjoint split."""
-    from alignlab.probes.metrics import layer_sweep
-
     layers = list(range(len(find_decoder_layers(model))))
     y = np.array([s.is_hack for s in samples], dtype=int)
     split = task_split(samples, cfg.test_fraction, cfg.seed)

@@ -13,6 +13,10 @@ not the models. Clock readings go to timings.json, so results.json depends on th
 
 from __future__ import annotations
 
+from alignlab.runs.records import RecordStore
+from dataclasses import asdict
+import json
+
 import math
 import time
 from dataclasses import dataclass, replace
@@ -127,8 +131,6 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
     """Build every distinct (seed, size, corpus size, triggered count) organism once, through `stage(name, fn)`
     (default: a RecordStore on `out`, cached under out/stages). Writes results.json (the returned dict),
     timings.json, table.md and backdoor_vs_corpus.png under `out`."""
-    from alignlab.studies.kit.records import RecordStore
-
     validate(cfg, "poison grid config")
     t0, c0 = time.time(), time.process_time()
     out = Path(out)
@@ -176,9 +178,6 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
 
 
 def _jsonable(cfg: PoisonGridConfig) -> dict:
-    import json
-    from dataclasses import asdict
-
     return json.loads(json.dumps(asdict(cfg)))
 
 

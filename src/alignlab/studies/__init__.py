@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab import AlignlabError
+from alignlab.artifacts import read_json
 from alignlab.config import load_overrides, override, validate
 from alignlab.registry import Registry
 
@@ -134,8 +135,6 @@ def run_study(name: str, out: str | Path, config=None, *, preset: str = "default
 
 def load_results(out: str | Path) -> dict:
     """A finished study's results.json."""
-    from alignlab.artifacts import read_json
-
     return read_json(Path(out) / "results.json", "study results")
 
 

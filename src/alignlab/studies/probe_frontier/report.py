@@ -10,6 +10,7 @@ import numpy as np
 
 from alignlab.artifacts import new_figure, save_figure
 from alignlab.runs.rl import health, health_line
+from alignlab.studies.kit.html import publish
 from alignlab.studies.kit.report import fmt, mean_ci
 
 HEALTH_KEY = "probe_forced_recall_deployed"  # interpretability: what the deployed probe still catches
@@ -363,8 +364,6 @@ def _modes(row) -> str:
 
 
 def write_report(out: Path, results: dict, curves: list[dict], timings: list[dict]) -> None:
-    from alignlab.studies.kit.html import publish
-
     rates, summary, phase = results["rates"], results["summary"], results["phase"]
     methods = list(rates)
     plot_trajectories(curves, methods, out / "trajectories.png")

@@ -35,8 +35,10 @@ from alignlab.probes import LinearProbe
 from alignlab.probes.metrics import auroc
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, sample_labelled, task_split
 from alignlab.runs.frontier import FrontierMeasure, RolloutLedger
+from alignlab.runs.records import RecordStore
 from alignlab.runs.rl import MAIN_ARMS, RLRunConfig, ensure_organism, healthy_grpo, relative, run_arm
 from alignlab.signals.arms import RL_ARMS
+from alignlab.studies.probe_frontier.report import analyse, write_report
 from alignlab.train.grpo import GRPORunConfig
 
 GROUPS = ("main", "lambda", "penalty", "tpr_beta", "pooling", "style")
@@ -255,9 +257,6 @@ def start_point(measure: FrontierMeasure, organism: Path, seed: int, cache: Path
 
 def run_study(out: Path, cfg: ProbeFrontierConfig, organism: Path | None = None, smoke: bool = False,
               progress=None) -> dict:
-    from alignlab.studies.kit.records import RecordStore
-    from alignlab.studies.probe_frontier.report import write_report
-
     cfg.check()
     out = Path(out)
     if organism is not None:
@@ -304,8 +303,6 @@ def run_study(out: Path, cfg: ProbeFrontierConfig, organism: Path | None = None,
         records, curves, timings = records + r, curves + c, timings + t
     starts = {seed: read_json(store.dir / f"start-seed{seed}.json", "start measurement")["metrics"]
               for seed in sorted({s for run in runs.values() for s in run["seeds"]})}
-    from alignlab.studies.probe_frontier.report import analyse
-
     analysis = analyse(records, curves, starts, cfg)
     extra = {"organism": relative(organism, out), "start": {str(s): m for s, m in starts.items()},
              "probes": probe_report["probes"], "probe_data": probe_report["data"], **analysis}

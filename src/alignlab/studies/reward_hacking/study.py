@@ -25,6 +25,7 @@ from alignlab.artifacts import read_json, versions, write_json_atomic
 from alignlab.config import check_layer, doc
 from alignlab.organisms import reward_hacker as rh
 from alignlab.probes.onpolicy import ProbeDataConfig
+from alignlab.runs.records import RecordStore
 from alignlab.runs.rl import (
     MAIN_ARMS,
     RLRunConfig,
@@ -37,7 +38,6 @@ from alignlab.runs.rl import (
     start_point,
 )
 from alignlab.signals.arms import RL_ARMS
-from alignlab.studies.kit.records import RecordStore
 from alignlab.studies.reward_hacking.report import write_report
 from alignlab.train.grpo import GRPORunConfig
 

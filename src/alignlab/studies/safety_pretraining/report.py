@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from alignlab.artifacts import new_figure, save_figure
+from alignlab.studies.kit.html import publish
 from alignlab.studies.kit.report import fmt, summarize_arms
 
 COLUMNS = [("score_mean", "score"), ("score_expected_max", "exp. max@25"), ("hit_rate", "hit rate"),
@@ -157,8 +158,6 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
     lines += ["", "## Findings", "", *findings(summary, front), "", f"Plots: {plots}. Records: `results.json`; "
               "curves: `metrics.jsonl`.", "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for "
               f"{len(timings)} runs (timings.json)."]
-    from alignlab.studies.kit.html import publish
-
     publish(out, lines)
 
 

