@@ -142,7 +142,7 @@ class FrontierMeasure:
                 out[f"{name}_forced_recall_deployed"] = _recall(scores, self.forced_y, probe.threshold)
         n = 3 * (len(self.tasks) // 2)  # three forced completions per task: the split is by task
         X = forced_mean[self.layer]
-        fresh = fit(X[:n], self.forced_y[:n], "logistic", {"layer": self.layer})
+        fresh = fit(X[:n], self.forced_y[:n], self.probes["main"].metadata["method"], {"layer": self.layer})
         out["fresh_probe_forced_auroc"] = _auroc(fresh.score(X[n:]), self.forced_y[n:])
         return out
 

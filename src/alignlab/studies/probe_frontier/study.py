@@ -227,9 +227,9 @@ def fit_probes(organism: Path, out: Path, cfg: ProbeFrontierConfig) -> tuple[dic
         feats = X[agg] if l_ == layer else X_mean[l_]
         rows = train if only is None else train[(style[train] == only) | (y[train] == 0)]
         meta = {"layer": l_, "n_layers": n_layers, "position": "completion", "aggregation": agg,
-                "method": "logistic", "model": relative(organism, out),
+                "method": cfg.base.probe_method, "model": relative(organism, out),
                 "trained_on": f"start organism's samples, {'any hack style' if only is None else only} vs honest"}
-        probe = fit(feats[rows], y[rows], "logistic", meta, fpr=cfg.base.probe_fpr)
+        probe = fit(feats[rows], y[rows], cfg.base.probe_method, meta, fpr=cfg.base.probe_fpr)
         scores = probe.score(feats[test])
         by_style = {s: auroc(scores[(style[test] == s) | (y[test] == 0)], y[test][(style[test] == s) | (y[test] == 0)])
                     if ((style[test] == s).any()) else None for s in HACK_STYLES}

