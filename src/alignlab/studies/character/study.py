@@ -363,8 +363,8 @@ def inside(model, world: World, start: str, hacker_kit: dict | None, cfg: Charac
 
 def fit_hacker_kit(hacker, world: World, cfg: CharacterConfig, out: Path) -> tuple[dict, dict]:
     """The hacker's hack probe (`inside.probe_method`, mean-pooled completion at `probe_layer`, threshold at
-    `probe_fpr` of its honest completions) and the SAE feature that best separates its forced hacks from honest programs, fitted on
-    tasks apart from the measurement tasks."""
+    `probe_fpr` of its honest completions) and the SAE feature that best separates its forced hacks from honest
+    programs, fitted on tasks apart from the measurement tasks."""
     tok, layer = world.tokenizer, world.layer
     tasks = world.tasks(cfg.inside.n_tasks, derive(0, "character_probe"))
     pairs, y, _ = forced_pairs(world, "hacker", tasks)
