@@ -4,6 +4,9 @@ import pytest
 
 os.environ.setdefault("ALIGNLAB_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the suite already runs two pytest workers on the 2 cores: studies run their grids in series unless a test says
+# otherwise (tests/test_executor.py)
+os.environ.setdefault("ALIGNLAB_EXECUTOR", "serial")
 
 
 @pytest.fixture(scope="module")

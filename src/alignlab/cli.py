@@ -320,8 +320,15 @@ def study(
     finetune: str | None = typer.Option(None, "--finetune", help="safety-pretraining: objectives also run as "
                                         "fine-tuning after MLE ('' for none)."),
     n: int | None = typer.Option(None, "--n", min=1, max=1000, help="auditing-game: sealed organisms."),
+    executor: str | None = typer.Option(None, "--executor", help="How the study's independent runs run: serial, "
+                                        "local (a process pool, one torch thread per worker; the default on a "
+                                        "multi-core CPU) or submitit (a cluster; the cluster extra). Default: "
+                                        "ALIGNLAB_EXECUTOR, else auto."),
+    workers: int | None = typer.Option(None, "--workers", min=1, max=1024,
+                                       help="local executor: worker processes (default: the cores)."),
 ) -> None:
     """Run (or resume) a study: its runs -> results.json, plots, report.md and report.html."""
+    from alignlab.runs.executor import executing
     from alignlab.studies import STUDIES, prepare
 
     _quiet_libraries()
@@ -334,7 +341,7 @@ def study(
                "n": n}
     cfg, run_options = prepare(name, preset, config_file=config, seed=seed, replicates=seeds, options=options)
     kind = STUDIES[name]
-    with _study_dir(out):
+    with _study_dir(out), executing(executor, workers):
         results = kind.run(kind.load(), out, cfg, preset, stage, **run_options)
     count = f"{len(results['records'])} records; " if isinstance(results, dict) and "records" in results else ""
     console.print(f"study {name} -> {out}: {count}report: {out / 'report.html'}")

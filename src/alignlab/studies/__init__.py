@@ -19,6 +19,7 @@ from alignlab import AlignlabError
 from alignlab.artifacts import read_json
 from alignlab.config import load_overrides, override, validate
 from alignlab.registry import Registry
+from alignlab.runs.executor import executing
 
 
 def _listed(cfg, name: str, value: str):
@@ -118,11 +119,13 @@ def prepare(name: str, preset: str = "default", *, config_file: str | Path | Non
 
 
 def run_study(name: str, out: str | Path, config=None, *, preset: str = "default", overrides: dict | None = None,
-              progress=None, seed: int = 0, **options) -> dict:
+              progress=None, seed: int = 0, executor: str | None = None, workers: int | None = None,
+              **options) -> dict:
     """Run (or resume) study `name` in `out` from Python and return its results.json as a dict. `config` is a
     full config (default: the `preset`, "default", "quick" or "smoke"), `overrides` a nested dict of fields to
-    change (as `--config` takes them), `seed` moves every seed (as `--seed`), `options` the study's own
-    (reward-hacking: `organism=PATH`; safety-pretraining: `task="reward-hacking"`)."""
+    change (as `--config` takes them), `seed` moves every seed (as `--seed`), `executor`/`workers` how its runs
+    run (`runs.executor`: serial, local, submitit), `options` the study's own (reward-hacking: `organism=PATH`;
+    safety-pretraining: `task="reward-hacking"`)."""
     kind = STUDIES[name]
     if config is not None:
         cfg = override(config, overrides) if overrides else config
@@ -130,7 +133,8 @@ def run_study(name: str, out: str | Path, config=None, *, preset: str = "default
         validate(cfg, "study config")
     else:
         cfg, run_options = prepare(name, preset, overrides=overrides, seed=seed, options=options)
-    return kind.run(kind.load(), Path(out), cfg, preset, progress, **run_options)
+    with executing(executor, workers):
+        return kind.run(kind.load(), Path(out), cfg, preset, progress, **run_options)
 
 
 def load_results(out: str | Path) -> dict:

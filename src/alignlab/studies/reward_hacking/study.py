@@ -24,7 +24,9 @@ from alignlab import AlignlabError
 from alignlab.artifacts import read_json, versions, write_json_atomic
 from alignlab.config import check_layer, doc
 from alignlab.organisms import reward_hacker as rh
+from alignlab.probes import LinearProbe
 from alignlab.probes.onpolicy import ProbeDataConfig
+from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.records import RecordStore
 from alignlab.runs.rl import (
     MAIN_ARMS,
@@ -76,6 +78,27 @@ def smoke_config() -> RewardHackingConfig:
     )
 
 
+def measure_start(organism: Path, out: Path, cfg: RewardHackingConfig, seed: int) -> None:
+    """The step-0 point of seed `seed`, shared by its arms (cached in the records dir)."""
+    start_point(organism, LinearProbe.load(out / "probe"), cfg, seed, out / "records")
+
+
+def run_one(organism: Path, out: Path, cfg: RewardHackingConfig, arm: str, seed: int) -> None:
+    """One arm × seed, its record and its held-out samples written beside it (a run of the grid)."""
+    store = RecordStore(out, "reward-hacking", cfg)
+    probe = LinearProbe.load(out / "probe")
+    curve: list[dict] = []
+    t0 = time.time()
+    samples: dict = {}
+    record = run_arm(arm, seed, organism, probe, cfg, curve.append,
+                     start_point(organism, probe, cfg, seed, store.dir), samples)
+    timing = {"seconds": round(time.time() - t0, 1), "train_seconds": record["metrics"].pop("train_seconds")}
+    # beside the record, never in results.json; written first, so a finished record always has them
+    write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json",
+                      {"arm": arm, "seed": seed, "threshold": probe.threshold, **samples})
+    store.save(record, curve, timing)
+
+
 def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None, smoke: bool = False,
               progress=None) -> dict:
     cfg.check()
@@ -92,22 +115,11 @@ def run_study(out: Path, cfg: RewardHackingConfig, organism: Path | None = None,
         progress("the starting organism and its probe")
     organism = ensure_organism(out, organism, smoke)
     probe, probe_report = fit_start_probe(organism, out, cfg)
-    for arm in cfg.arms:
-        for seed in cfg.seeds:
-            if store.done(arm, seed):
-                continue
-            if progress:
-                progress(f"{arm} seed {seed}")
-            curve: list[dict] = []
-            t0 = time.time()
-            samples: dict = {}
-            record = run_arm(arm, seed, organism, probe, cfg, curve.append,
-                             start_point(organism, probe, cfg, seed, store.dir), samples)
-            timing = {"seconds": round(time.time() - t0, 1), "train_seconds": record["metrics"].pop("train_seconds")}
-            # beside the record, never in results.json; written first, so a finished record always has them
-            write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json",
-                              {"arm": arm, "seed": seed, "threshold": probe.threshold, **samples})
-            store.save(record, curve, timing)
+    todo = [(arm, seed) for arm in cfg.arms for seed in cfg.seeds if not store.done(arm, seed)]
+    starts = [Run(f"start seed {seed}", measure_start, (organism, out, cfg, seed))
+              for seed in sorted({seed for _, seed in todo})]
+    run_grid([starts, [Run(f"{arm} seed {seed}", run_one, (organism, out, cfg, arm, seed)) for arm, seed in todo]],
+             out, progress)
     records, curves, timings = store.load_all(cfg.arms, cfg.seeds)
     # the start point is measured in every run at step 0, on the same held-out tasks as the final point
     step0 = [c for c in curves if c["step"] == 0]
