@@ -54,13 +54,14 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
 def test_grid_builds_a_shared_cell_once_and_resumes_per_organism(tmp_path, one_thread):
     cfg = pc.smoke_grid_config()
     out = tmp_path / "grid"
-    store = RecordStore(out, "poison-count", cfg)
     ran = []
 
-    def counting(name, fn):
-        return store.stage(name, lambda: ran.append(name) or fn())
+    class Counting(RecordStore):  # the grid's runs go through the caller's store: count what each builds
+        def stage(self, name, fn, folder="stages"):
+            return super().stage(name, lambda: ran.append(name) or fn(), folder)
 
-    results = pc.run_grid(out, cfg, stage=counting)
+    counting = Counting(out, "poison-count", cfg)
+    results = pc.run_grid(out, cfg, store=counting)
     assert len(ran) == len(set(ran)) == 2 * 3  # per size: the shared small cell, then count and share on the large
     cells = results["cells"]
     assert len(cells) == 2 * 2 * 2
@@ -83,7 +84,7 @@ def test_grid_builds_a_shared_cell_once_and_resumes_per_organism(tmp_path, one_t
     before = json.loads(deleted.read_text())
     deleted.unlink()
     ran.clear()
-    again = pc.run_grid(out, cfg, stage=counting)
+    again = pc.run_grid(out, cfg, store=counting)
     assert ran == [large["share"]["organism"]]
     assert {k: v for k, v in json.loads(deleted.read_text()).items() if k != "seconds"} == {
         k: v for k, v in before.items() if k != "seconds"}

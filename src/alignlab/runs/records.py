@@ -39,9 +39,22 @@ class RecordStore:
             return read_json(path, "study stage")
         t0 = time.time()
         result = fn()
-        write_json_atomic(path, result)
         self.timings[name] = round(time.time() - t0, 1)
+        # the clock beside the result (never in it: the same seed writes the same JSON), for whichever process
+        # assembles the timings; written first, so a finished stage always has it
+        write_json_atomic(self.out / folder / f"{name}.seconds.json", {"seconds": self.timings[name]})
+        write_json_atomic(path, result)
         return result
+
+    def all_stage_seconds(self, folder: str = "stages") -> dict[str, float]:
+        """Every finished stage's seconds, whichever process ran it."""
+        return {p.name[: -len(".seconds.json")]: read_json(p, "stage timing")["seconds"]
+                for p in sorted((self.out / folder).glob("*.seconds.json"))}
+
+    def stage_seconds(self, name: str, folder: str = "stages") -> float | None:
+        """The seconds stage `name` took, in whichever process ran it (None: run by an older version)."""
+        path = self.out / folder / f"{name}.seconds.json"
+        return read_json(path, "stage timing")["seconds"] if path.exists() else None
 
     def _path(self, arm: str, seed: int) -> Path:
         return self.dir / f"{arm}-seed{seed}.json"

