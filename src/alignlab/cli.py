@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from alignlab import AlignlabError
+from alignlab.choices import AGGREGATIONS, POSITIONS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="alignlab: alignment experiments on model organisms with known ground truth.")
@@ -58,15 +59,9 @@ def _study_dir(out: Path):
         raise
 
 
-class Position(str, Enum):
-    completion = "completion"
-    prompt_last = "prompt_last"
-
-
-class Aggregation(str, Enum):
-    mean = "mean"
-    max = "max"
-    last = "last"
+# the CLI's choices, built from the instruments' own (alignlab.choices)
+Position = Enum("Position", {p: p for p in POSITIONS}, type=str)
+Aggregation = Enum("Aggregation", {a: a for a in AGGREGATIONS}, type=str)
 
 
 FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing output directory.")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import types
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 
 from alignlab import AlignlabError
+from alignlab.choices import Aggregation
 from alignlab.models.batch import left_pad  # noqa: F401 (re-exported: callers import it from here)
-
-Aggregation = Literal["mean", "max", "last"]
 
 # Attribute paths to the decoder layer list, tried before the generic search.
 _LAYER_PATHS = (

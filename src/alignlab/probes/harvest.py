@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors import SafetensorError
@@ -18,10 +17,10 @@ from safetensors.torch import load_file, save_file
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.choices import Aggregation, Position
 from alignlab.models.batch import batch_inputs, pad_id
 from alignlab.models.tap import (
     ActivationTap,
-    Aggregation,
     aggregate,
     completion_mask,
     find_decoder_layers,
@@ -29,7 +28,6 @@ from alignlab.models.tap import (
 )
 from alignlab.progress import bar
 
-Position = Literal["completion", "prompt_last"]
 FORMAT = "alignlab-harvest"
 FORMAT_VERSION = 1
 INDEX = "index.json"
