@@ -2,8 +2,8 @@
 samples. Styles are inline, images are data URIs and the only script filters samples: the file can be mailed,
 opened offline, or attached to a paper's supplement.
 
-Order: the headline findings and the tables (report.md, the same text a reader of the Markdown gets), then the
-plots, then the evidence (each study's samples: `StudyKind.evidence`).
+Order: report.md as written (every study's opens with its findings, the same text a reader of the Markdown gets),
+then the plots, then the evidence (each study's samples: `StudyKind.evidence`).
 """
 
 from __future__ import annotations
@@ -94,22 +94,6 @@ def markdown(text: str, images_from: Path | None = None) -> str:
     return out
 
 
-def headline_first(md: str) -> str:
-    """Move a `## Findings` section up to just below the title: a reader sees the findings in words first."""
-    lines = md.splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "## Findings")
-    except StopIteration:
-        return md
-    # the section is its bullet list: it ends at the next heading or the first paragraph after the bullets
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")
-                or (lines[i].strip() and not lines[i].startswith(("-", " ")) and i > start + 1)), len(lines))
-    section = ["## Headline findings", *lines[start + 1 : end]]
-    rest = lines[:start] + lines[end:]
-    title = next((i for i, line in enumerate(rest) if line.startswith("# ")), -1)
-    return "\n".join([*rest[: title + 1], "", *section, "", *rest[title + 1 :]])
-
-
 def plots(out: Path, skip: set[str]) -> str:
     figs = [f'<figure><img alt="{esc(p.name)}" src="{data_uri(p)}"><figcaption>{esc(p.name)}</figcaption></figure>'
             for p in sorted(out.glob("*.png")) if p.name not in skip]
@@ -182,7 +166,7 @@ def summary_html(out: Path) -> tuple[str, str, set[str]]:
     md = md_path.read_text()
     title = next((line[2:] for line in md.splitlines() if line.startswith("# ")), study_of(out))
     used = set(re.findall(r"!\[[^\]]*\]\(([^)/]+\.png)\)", md))
-    return title, markdown(headline_first(md), images_from=out), used
+    return title, markdown(md, images_from=out), used
 
 
 def page(out: Path) -> str:
