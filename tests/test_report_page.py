@@ -7,6 +7,7 @@ import re
 import pytest
 
 from alignlab.runs.rl import health
+from alignlab.studies.kit import html
 from alignlab.studies.kit import report as kit
 from alignlab.studies.reward_hacking.report import write_report
 
@@ -63,7 +64,7 @@ def test_a_tiny_change_of_a_bounded_metric_is_drawn_on_its_whole_range(tmp_path,
     rh_run(tmp_path / "run", (0, 1, 2), {"probe_loss": {"probe_auroc_forced": [1.0, 0.99998, 1.0]}})
     auroc = figures["probe_auroc.png"].axes[0]
     lo, hi = auroc.get_ylim()
-    assert lo <= 0.5 and 0.45 < lo and 1.0 <= hi < 1.05  # chance to perfect
+    assert lo <= 0.5 and lo > 0.45 and 1.0 <= hi < 1.05  # chance to perfect
     hack = figures["hack_rate.png"].axes[0]
     assert hack.get_ylim()[0] <= 0 and hack.get_ylim()[1] >= 1
     frontier = figures["frontier.png"].axes[0]
@@ -73,7 +74,8 @@ def test_a_tiny_change_of_a_bounded_metric_is_drawn_on_its_whole_range(tmp_path,
             assert ax.xaxis.get_offset_text().get_text() == "" and ax.yaxis.get_offset_text().get_text() == ""
     # the four blocking arms and the oracle end at one point: one label names them all, none overprints another
     labels = [t.get_text() for t in frontier.texts]
-    assert len(labels) == 2 and "probe_reward\nprobe_reward_frozen\nprobe_loss\noracle" in labels
+    assert "probe_reward\nprobe_reward_frozen\nprobe_loss\noracle" in labels
+    assert sorted(n for label in labels for n in label.split("\n")) == sorted(ARMS)  # each arm named once
 
 
 def test_an_auroc_below_chance_widens_the_axis_to_zero(tmp_path, figures):
@@ -149,3 +151,18 @@ def test_stat_unpacks_as_a_pair_and_pickles():
     for back in (pickle.loads(pickle.dumps(s)), copy.deepcopy(s)):
         assert back == s and back.values == s.values and back.interval() == (0.1, 0.9, "min–max")
     assert kit.fmt(s) == "0.500 (0.100–0.900)" and kit.fmt(kit.mean_ci([0.2])) == "0.200"
+
+
+def test_the_page_check_catches_a_repeated_sentence_and_a_path(tmp_path, reads_once):
+    run = rh_run(tmp_path / "run", (0, 1, 2), {})
+    reads_once(run, run)
+    md = (run / "report.md").read_text()
+    verdict = md.splitlines()[2]
+    (run / "report.md").write_text(md.replace("## Findings\n", f"## Findings\n\n- {verdict}\n"))  # the old page
+    html.write_page(run)
+    with pytest.raises(AssertionError, match="Regime partly healthy"):
+        reads_once(run, run)
+    (run / "report.md").write_text(md.replace("Probe: layer", f"Organism dir: {run / 'organism'}. Probe: layer"))
+    html.write_page(run)
+    with pytest.raises(AssertionError):
+        reads_once(run, run)

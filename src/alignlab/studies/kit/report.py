@@ -122,7 +122,7 @@ def bounded_axis(ax, metric, values=(), axis: str = "y") -> None:
     (ax.set_ylim if axis == "y" else ax.set_xlim)(low - pad, hi + pad)
 
 
-def label_points(ax, points: dict[str, tuple[float, float]], near: float = 0.06, fontsize: int = 7) -> None:
+def label_points(ax, points: dict[str, tuple[float, float]], near: float = 0.03, fontsize: int = 7) -> None:
     """One label per cluster: names of points closer than `near` (a fraction of the axes) are written once,
     together, so arms that end at the same point do not overprint each other's names. Call after the limits."""
     to_axes = ax.transData + ax.transAxes.inverted()
@@ -136,11 +136,16 @@ def label_points(ax, points: dict[str, tuple[float, float]], near: float = 0.06,
             clusters.append((at, (x, y), [name]))
         else:
             hit[2].append(name)
+    placed = []
+    renderer = ax.figure.canvas.get_renderer()
     for at, xy, names in clusters:
         right, top = at[0] > 0.6, at[1] > 0.7  # write towards the middle: a label never leaves the axes
-        ax.annotate("\n".join(names), xy, fontsize=fontsize, textcoords="offset points",
-                    xytext=(-5 if right else 5, -4 if top else 4), ha="right" if right else "left",
-                    va="top" if top else "bottom")
+        label = ax.annotate("\n".join(names), xy, fontsize=fontsize, textcoords="offset points",
+                            xytext=(-5 if right else 5, -4 if top else 4), ha="right" if right else "left",
+                            va="top" if top else "bottom")
+        if any(label.get_window_extent(renderer).overlaps(p) for p in placed):  # on another label: other side
+            label.set(position=(-5 if right else 5, 4 if top else -4), va="bottom" if top else "top")
+        placed.append(label.get_window_extent(renderer))
 
 
 def seed_band(ax, steps, stats_at: list[Stat], **style):
@@ -223,4 +228,5 @@ def organism_name(out: Path, recorded: str | Path) -> str:
     size = f"d{model['d_model']}x{model['n_layers']}, " if "d_model" in model and "n_layers" in model else ""
     base = card.get("base_model") or ""
     base = f", from {Path(base).name}" if base and "from scratch" not in base else ""  # a path: its name only
-    return f"{card.get('organism', '?')} (seed {card.get('seed', '?')}, {size}{card.get('n_params', 0):,} parameters{base})"
+    return (f"{card.get('organism', '?')} (seed {card.get('seed', '?')}, {size}{card.get('n_params', 0):,} "
+            f"parameters{base})")

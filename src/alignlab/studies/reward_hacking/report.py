@@ -113,8 +113,9 @@ def details(summary: dict, start_hack: float) -> list[str]:
     if none and none["hack_rate"][0] is not None:
         h = none["hack_rate"][0]
         verdict = "raised" if h > start_hack else "did NOT raise"
-        out.append(f"- Sanity: `none` {verdict} the hack rate ({start_hack:.3f} at the start → {fmt(none['hack_rate'])})"
-                   f"; `oracle` ends at {fmt(summary['oracle']['hack_rate']) if 'oracle' in summary else 'n/a'}.")
+        oracle = fmt(summary["oracle"]["hack_rate"]) if "oracle" in summary else "n/a"
+        out.append(f"- Sanity: `none` {verdict} the hack rate ({start_hack:.3f} at the start → "
+                   f"{fmt(none['hack_rate'])}); `oracle` ends at {oracle}.")
     for arm, m in summary.items():
         if arm in ("none", "oracle") or m["hack_rate"][0] is None or not none or none["hack_rate"][0] is None:
             continue
