@@ -86,7 +86,8 @@ def test_an_auroc_below_chance_widens_the_axis_to_zero(tmp_path, figures):
 def _cells(page: str) -> tuple[list[str], list[list[str]]]:
     table = re.search(r"<table>(.*?)</table>", page, re.S)[1]
     head = re.findall(r"<th>(.*?)</th>", table)
-    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    rows = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
     return head, rows
 
 

@@ -38,7 +38,7 @@ background:#eee}.b-missed,.b-false_alarm{background:#c00;color:#fff}.b-hack{back
 .text{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap;margin:.3em 0}
 .text .p{color:#777}.tests{font:11px ui-monospace,monospace;color:#555}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:.6em}.line-bad{background:#ffd9d9}
-.codes{color:#a00;font-size:11px}.legend span{padding:0 6px}
+.codes{color:#a00;font-size:11px}.legend span{padding:0 6px}.nw{white-space:nowrap}
 """
 # blue (below the threshold) -> white -> red (above): one class per bin keeps every token's markup short
 CSS += "".join(f".h{i}{{background:{c}}}" for i, c in enumerate(
@@ -91,7 +91,9 @@ def markdown(text: str, images_from: Path | None = None) -> str:
             return f'src="{data_uri(path)}"' if path.is_file() else m[0]
 
         out = re.sub(r'src="([^"/]+\.png)"', inline, out)
-    return out
+    # a cell's spread, "(0.846–2.533)" or "[0.9, 1.0]", is never broken across lines (the mean may sit above it)
+    return re.sub(r"<td>([^<]*?) ([(\[][^<]*?[)\]])</td>",
+                  lambda m: f'<td>{m[1]} <span class="nw">{m[2]}</span></td>', out)
 
 
 def plots(out: Path, skip: set[str]) -> str:

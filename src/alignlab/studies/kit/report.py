@@ -111,40 +111,50 @@ def spread_note(n_seeds: int) -> str:
 
 def bounded_axis(ax, metric, values=(), axis: str = "y") -> None:
     """Fix the axis of a bounded metric (a name in RANGES, or a (low, start, high) triple) to its honest range:
-    [start, high], or [low, high] where a value falls below start. Autoscaling would blow a change of 2e-5 up to
-    the whole height of the plot (save_figure turns matplotlib's offset notation off on every axis)."""
+    [start, high], reaching down towards low (in quarters) where a value falls below start. Autoscaling would blow
+    a change of 2e-5 up to the whole height of the plot (save_figure turns offset notation off on every axis)."""
     lo, start, hi = metric_range(metric) if isinstance(metric, str) else metric
     finite = [float(v) for v in values if v is not None and np.isfinite(v)]
-    low = lo if any(v < start for v in finite) else start
+    # below start: down to the next quarter, so a value just under it shows as just under it, on a fixed grid
+    low = max(lo, math.floor(min(finite) * 4) / 4) if any(v < start for v in finite) else start
     if not np.isfinite(hi):
         hi = max(finite, default=low + 1)
     pad = 0.03 * (hi - low)
     (ax.set_ylim if axis == "y" else ax.set_xlim)(low - pad, hi + pad)
 
 
-def label_points(ax, points: dict[str, tuple[float, float]], near: float = 0.03, fontsize: int = 7) -> None:
-    """One label per cluster: names of points closer than `near` (a fraction of the axes) are written once,
-    together, so arms that end at the same point do not overprint each other's names. Call after the limits."""
+def label_points(ax, points: dict[str, tuple[float, float]], near: tuple[float, float] = (0.08, 0.04),
+                 fontsize: int = 7) -> None:
+    """One label per cluster: names of points closer than `near` (fractions of the axes' width and height: a
+    label is wider than tall) to the cluster's first are written once, together, so arms that end at (or near)
+    the same point do not overprint each other's names. Call after the limits."""
     to_axes = ax.transData + ax.transAxes.inverted()
-    clusters: list[tuple[np.ndarray, tuple[float, float], list[str]]] = []
+    clusters: list[tuple[np.ndarray, list, list[str]]] = []  # (first point in axes units, points, names)
     for name, (x, y) in points.items():
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
         at = to_axes.transform((x, y))
-        hit = next((c for c in clusters if np.abs(c[0] - at).max() < near), None)
+        hit = next((c for c in clusters if (np.abs(c[0] - at) < near).all()), None)
         if hit is None:
-            clusters.append((at, (x, y), [name]))
+            clusters.append((at, [(x, y)], [name]))
         else:
+            hit[1].append((x, y))
             hit[2].append(name)
     placed = []
     renderer = ax.figure.canvas.get_renderer()
-    for at, xy, names in clusters:
-        right, top = at[0] > 0.6, at[1] > 0.7  # write towards the middle: a label never leaves the axes
-        label = ax.annotate("\n".join(names), xy, fontsize=fontsize, textcoords="offset points",
-                            xytext=(-5 if right else 5, -4 if top else 4), ha="right" if right else "left",
-                            va="top" if top else "bottom")
-        if any(label.get_window_extent(renderer).overlaps(p) for p in placed):  # on another label: other side
-            label.set(position=(-5 if right else 5, 4 if top else -4), va="bottom" if top else "top")
+    inside = ax.get_window_extent(renderer)
+    for at, xys, names in clusters:
+        xy = tuple(np.mean(xys, axis=0))  # the label points at the cluster's middle
+        right, top = at[0] > 0.6, at[1] > 0.7  # first choice: towards the middle
+        label = ax.annotate("\n".join(names), xy, xytext=(0, 0), fontsize=fontsize, textcoords="offset points")
+        # the first of the four corners around the point where the label stays inside the axes, clear of the others
+        for r, t in ((right, top), (right, not top), (not right, top), (not right, not top), (right, top)):
+            label.set(position=(-5 if r else 5, -4 if t else 4), ha="right" if r else "left",
+                      va="top" if t else "bottom")
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(p) for p in placed) and inside.contains(box.x0, box.y0) \
+                    and inside.contains(box.x1, box.y1):
+                break
         placed.append(label.get_window_extent(renderer))
 
 

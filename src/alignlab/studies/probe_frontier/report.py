@@ -413,7 +413,7 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
              f"ratio is removed per unit of recall lost (∞ when at most {NOTHING_LOST} is lost); steps to removal: "
              f"the first checkpoint where `none` has gained ≥ {LEARNT} and the method holds ≤ {REMOVED_AT:g} of "
              f"that gain; to blinding: the first where recall < {BLIND_AT}. One value per seed. "
-             + spread_note(len(base["seeds"])), "",
+             + spread_note(len(results["config"]["seeds"])), "",
              "| method | verdict | removed − lost (mean over checkpoints) | removed / lost (mean over checkpoints) | "
              "ratio | at the end: removed / lost | AUROC lost (end) | steps to removal | steps to blinding | "
              "end state |", "|" + "---|" * 10]
