@@ -89,3 +89,28 @@ def headless(tmp_path_factory):
         return dom.stdout, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
 
     return render
+
+
+@pytest.fixture(scope="session")
+def reads_once():
+    """check(out, *paths): a study's report.html says each sentence of its findings and tables once, and names no
+    absolute path (none of `paths`, nothing under a usual root): a reader's page, not the user's disk."""
+    import re
+
+    from alignlab.studies.kit import html
+
+    def check(out, *paths):
+        page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text())
+        for path in paths:
+            assert str(path) not in page and str(path.resolve()) not in page, path
+        assert not re.search(r"(?<![\w.~-])/(tmp|home|root|work|Users|var|private)/", page)
+        _, body, _ = html.summary_html(out)
+        prose = " ".join(re.sub(r"<[^>]+>", "", block) for block in re.findall(r"<(?:p|li)>(.*?)</(?:p|li)>", body,
+                                                                               re.S))
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(prose.split()))
+                     if len(s.split()) >= 5]
+        repeated = {s for s in sentences if sentences.count(s) > 1}
+        assert not repeated, repeated
+        return sentences
+
+    return check

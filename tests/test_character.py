@@ -49,6 +49,11 @@ def test_smoke_study_measures_every_start_and_forces_exploration(study):
 
 
 @pytest.mark.slow
+def test_smoke_page_reads_once_and_names_no_path(study, reads_once):
+    reads_once(study, study)
+
+
+@pytest.mark.slow
 def test_resume_keeps_finished_pieces_and_redoes_a_lost_record_exactly(study):
     stage = study / "stages" / "start-filter.json"
     data = json.loads(stage.read_text())

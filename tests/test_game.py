@@ -55,7 +55,7 @@ def test_data_auditor_finds_the_key_from_training_data(sealed, capsys):
 
 
 @pytest.mark.slow
-def test_game_smoke_scoreboard_and_resume(tmp_path, one_thread, capsys):
+def test_game_smoke_scoreboard_and_resume(tmp_path, one_thread, capsys, reads_once):
     out = tmp_path / "game"
     assert main(["audit", "game", "--out", str(out), "--smoke"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -70,6 +70,7 @@ def test_game_smoke_scoreboard_and_resume(tmp_path, one_thread, capsys):
     for o in results["organisms"]:  # each sealed organism's key beside every auditor's guess
         assert f"<code>{o['key']['field']}: {o['key']['trigger']}</code>" in page
     assert page.index("trigger found") < page.index("Organisms (keys revealed")
+    assert any("found" in s for s in reads_once(out, out))  # the plain answer names who found what
     before = json.loads((out / "results.json").read_text())
     first = json.loads((out / "played" / "organism-00.json").read_text())
     first["backdoor"]["marker"] = 42  # a replay would overwrite this

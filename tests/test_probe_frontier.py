@@ -46,8 +46,15 @@ def test_smoke_study_has_every_group_metric_and_artifact(frontier):
     report = (frontier / "report.md").read_text().splitlines()
     assert report[2].startswith(("Healthy regime", "Regime partly healthy", "**This run is miscalibrated",
                                  "**Policies"))
-    assert report[4].startswith("Averaged over the run's checkpoints") and "**Removed hacking faster" in report[4]
+    assert report[4] == "## Findings" and report[6].startswith("Over 1 seed, ")
+    assert "removed hacking faster than they blinded the probe" in report[6] or "no method removed" in report[6]
     assert (frontier / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_smoke_page_reads_once_and_names_no_path(frontier, hacky_organism, reads_once):
+    reads_once(frontier, frontier, hacky_organism)  # the organism came as an absolute --organism path
+    assert "Organism: reward-hacker (seed " in (frontier / "report.md").read_text()
 
 
 @pytest.mark.slow

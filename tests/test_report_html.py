@@ -11,15 +11,15 @@ from alignlab.studies.kit.evidence import flag
 
 REPORT = """# Reward-hacking study: probes in the RL loop
 
+## Findings
+
+- Sanity: `none` raised the hack rate (0.1 at the start → 0.5).
+
 Organism: `x`.
 
 | arm | hack rate |
 |---|---|
 | none | 0.500 |
-
-## Findings
-
-- Sanity: `none` raised the hack rate (0.1 at the start → 0.5).
 
 Plots: `hack_rate.png`.
 """
@@ -63,7 +63,7 @@ def test_page_is_self_contained_and_opens_with_findings(tmp_path):
     run = synthetic_run(tmp_path / "run", 5)
     page = html.page(run)
     # findings in words first, then the table, then plots, then the samples
-    order = [page.index(s) for s in ("Headline findings", "Sanity: <code>none</code>", "<table>", "<h2>Plots",
+    order = [page.index(s) for s in ("<h2>Findings", "Sanity: <code>none</code>", "<table>", "<h2>Plots",
                                      "Samples: per-token")]
     assert order == sorted(order)
     assert "data:image/png;base64," in page and not re.search(r'(src|href)="(https?:)?//', page)
@@ -92,7 +92,7 @@ def test_report_cli_rebuilds_a_partial_run_and_compares(tmp_path, capsys):
     other = synthetic_run(tmp_path / "b", 2)
     assert main(["report", str(other), str(synthetic_run(tmp_path / "c", 2)), "--out", str(tmp_path / "cmp.html")]) == 0
     cmp = (tmp_path / "cmp.html").read_text()
-    assert "2 runs compared" in cmp and cmp.count("Headline findings") == 2
+    assert "2 runs compared" in cmp and cmp.count("<h3>Findings") == 2
 
 
 @pytest.mark.parametrize("args, message", [

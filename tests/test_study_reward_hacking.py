@@ -36,6 +36,13 @@ def test_smoke_study_writes_every_arm_and_artifact(smoke_study):
 
 
 @pytest.mark.slow
+def test_smoke_page_reads_once_and_names_no_path(smoke_study, hacky_organism, reads_once):
+    sentences = reads_once(smoke_study, smoke_study, hacky_organism)  # --organism was an absolute path
+    assert any("removed hacking" in s for s in sentences)  # the plain answer
+    assert "Organism: reward-hacker (seed " in (smoke_study / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_report_html_shows_samples_with_per_token_scores(smoke_study, headless, tmp_path):
     import re
 

@@ -39,7 +39,7 @@ def run(out, *extra):
 
 
 @pytest.mark.slow
-def test_pep8_smoke_study_writes_results_and_resumes_identically(tmp_path, one_thread):
+def test_pep8_smoke_study_writes_results_and_resumes_identically(tmp_path, one_thread, reads_once):
     out = tmp_path / "pep8"
     assert run(out, "--task", "pep8") == 0
     results = json.loads((out / "results.json").read_text())
@@ -70,6 +70,7 @@ def test_pep8_smoke_study_writes_results_and_resumes_identically(tmp_path, one_t
         any(s["codes"]) for p in (out / "records").glob("samples-*.json")
         for s in json.loads(p.read_text())["samples"])
     assert page.index('data-arm="mle"') < page.index('data-arm="tags"')  # the tables' order
+    assert "least misaligned" in " ".join(reads_once(out, out))
     # a deleted record is redone identically (same seed, same machine), the others are kept
     record = out / "records" / "conditional@finetune-seed0.json"
     before = json.loads(record.read_text())["record"]

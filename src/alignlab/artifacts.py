@@ -183,7 +183,14 @@ def new_figure(size: tuple[float, float] = (6, 3.5)):
 
 
 def save_figure(fig, path: str | Path) -> None:
-    """Save a figure as PNG atomically (temp file + rename)."""
+    """Save a figure as PNG atomically (temp file + rename), every axis with plain tick labels: matplotlib's offset
+    notation (`1e-5+9.999e-1`) draws a change of 2e-5 as if it were the whole range."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), ScalarFormatter):
+                axis.get_major_formatter().set_useOffset(False)
     fig.tight_layout()
     with atomic_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png")

@@ -53,7 +53,7 @@ class ExecutorChoice:
     workers: int | None = None  # local: processes (default: the cores, at most the runs)
 
 
-_CHOICE: ContextVar[ExecutorChoice] = ContextVar("executor", default=ExecutorChoice())
+_CHOICE: ContextVar[ExecutorChoice | None] = ContextVar("executor", default=None)
 EXECUTORS: Registry[Callable] = Registry("executor")
 
 
@@ -85,7 +85,7 @@ def _auto(n_runs: int) -> str:
 def run_grid(waves: Sequence[Sequence[Run]], out: Path, progress=None) -> None:
     """Run every run of every wave (in order of waves), with the executor chosen by `executing` or the environment.
     Raises the first run's error once every other run of its wave has finished (their records are kept)."""
-    choice = _CHOICE.get()
+    choice = _CHOICE.get() or ExecutorChoice()
     if choice.name == "auto" and os.environ.get("ALIGNLAB_EXECUTOR"):
         choice = ExecutorChoice(os.environ["ALIGNLAB_EXECUTOR"], choice.workers)
     waves = [list(w) for w in waves if w]

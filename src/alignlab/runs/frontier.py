@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alignlab.seeds import derive
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.envs.grading import MALFORMED, completion_program
 from alignlab.models.sampling import sample
@@ -31,10 +30,10 @@ from alignlab.organisms import reward_hacker as rh
 from alignlab.probes.harvest import harvest
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import fit
-from alignlab.signals import ProbeReward
 from alignlab.runs.rl import kl_to_start
+from alignlab.seeds import derive
+from alignlab.signals import ProbeReward
 from alignlab.train.rollout import ROLLOUT_ACTIVATIONS
-
 
 
 def _auroc(scores: np.ndarray, y: np.ndarray) -> float | None:

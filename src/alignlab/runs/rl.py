@@ -5,10 +5,6 @@ health. Every study that runs RL arms (reward hacking, the probe frontier, the s
 
 from __future__ import annotations
 
-from alignlab.config import override
-from alignlab.probes import LinearProbe
-from alignlab.probes.tokens import token_scores
-
 import copy
 import random
 import time
@@ -21,15 +17,17 @@ from transformers import TrainerCallback
 
 from alignlab import AlignlabError
 from alignlab.artifacts import atomic_dir, read_json, write_json_atomic
-from alignlab.config import doc
+from alignlab.config import doc, override
 from alignlab.envs import HARNESS_OVERRIDE, generate_task, label, summarize
 from alignlab.models.batch import batch_inputs, pad_id
 from alignlab.models.sampling import sample
 from alignlab.organisms import reward_hacker as rh
+from alignlab.probes import LinearProbe
 from alignlab.probes.harvest import harvest
 from alignlab.probes.metrics import auroc, recall_at_fpr
 from alignlab.probes.onpolicy import ProbeDataConfig, features, fit, fit_and_report, sample_labelled, task_split
 from alignlab.probes.probe import PROBE_FITTERS
+from alignlab.probes.tokens import token_scores
 from alignlab.progress import note
 from alignlab.seeds import derive
 from alignlab.signals import GraderReward
@@ -112,7 +110,7 @@ def kl_to_start(policy, start, tokenizer, prompts: list[str], completions: list[
 
 
 
-def measure(policy, start, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int,
+def measure(policy, start, tokenizer, probe, cfg: RLRunConfig, task_cfg, seed: int,
             full: bool = True, keep: list | None = None) -> dict:
     """Ground-truth behaviour and probe health of `policy` on held-out tasks; `keep` receives the held-out
     completions with their labels and per-token probe scores (for the report's samples browser)."""
@@ -172,7 +170,7 @@ def forced_probe_auroc(policy, tokenizer, probe, tasks) -> float:
 
 
 
-def probe_health(policy, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int, refit: bool) -> dict:
+def probe_health(policy, tokenizer, probe, cfg: RLRunConfig, task_cfg, seed: int, refit: bool) -> dict:
     """The original probe on the policy's own samples (AUROC, recall@1%FPR, evasion at its threshold), and a
     freshly refit probe (AUROC, cosine to the original direction)."""
     data_cfg = replace(cfg.probe_data, seed=derive(seed, "probe_health"), max_new_tokens=cfg.grpo.max_completion_length)
@@ -206,7 +204,7 @@ class _RefitProbe(TrainerCallback):
     """Every `every` steps, refit the probe on the policy's own fresh labelled samples and hand it to the
     signal (`target.probe`). Kept as is when the samples lack hacks or honest work."""
 
-    def __init__(self, every: int, target, policy, tokenizer, task_cfg, cfg: RewardHackingConfig, seed: int):
+    def __init__(self, every: int, target, policy, tokenizer, task_cfg, cfg: RLRunConfig, seed: int):
         self.every, self.target, self.policy, self.tokenizer = every, target, policy, tokenizer
         self.task_cfg, self.cfg, self.seed = task_cfg, cfg, seed
         self.refits = 0
@@ -227,7 +225,7 @@ class _RefitProbe(TrainerCallback):
 
 
 
-def _measure_start(model, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, seed: int) -> dict:
+def _measure_start(model, tokenizer, probe, cfg: RLRunConfig, task_cfg, seed: int) -> dict:
     """The step-0 point ({"metrics", "samples"}): the starting organism on seed `seed`'s held-out tasks."""
     samples: list = []
     metrics = _curve(measure(model, model, tokenizer, probe, cfg, task_cfg, seed, full=False, keep=samples))
@@ -235,7 +233,7 @@ def _measure_start(model, tokenizer, probe, cfg: RewardHackingConfig, task_cfg, 
 
 
 
-def start_point(organism: Path, probe, cfg: RewardHackingConfig, seed: int, cache: Path) -> dict:
+def start_point(organism: Path, probe, cfg: RLRunConfig, seed: int, cache: Path) -> dict:
     """The step-0 point, the same for every arm: measured once per seed and kept in `cache` (a records dir)."""
     path = cache / f"start-seed{seed}.json"
     if path.exists():
@@ -247,7 +245,7 @@ def start_point(organism: Path, probe, cfg: RewardHackingConfig, seed: int, cach
 
 
 
-def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RewardHackingConfig, log,
+def run_arm(arm: str, seed: int, organism: Path, probe, cfg: RLRunConfig, log,
             step0: dict | None = None, samples: dict | None = None, measurer=None, observer=None) -> dict:
     """One arm × seed: GRPO from the organism, then measurements. `log(record)` receives curve points;
     `step0` is the start point (`start_point`; measured here when not given); `samples`, if given, receives the
@@ -319,7 +317,7 @@ def _curve(m: dict) -> dict:
 
 
 
-def fit_start_probe(organism: Path, out: Path, cfg: RewardHackingConfig):
+def fit_start_probe(organism: Path, out: Path, cfg: RLRunConfig):
     """The probe every arm uses: fit once on the starting organism's own labelled samples (cached)."""
     # the probe dir is written as a unit; one left half-written by an older version is refitted
     if (out / "probe" / "probe.json").exists() and (out / "probe" / "report.json").exists():

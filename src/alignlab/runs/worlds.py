@@ -9,10 +9,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from alignlab.seeds import derive
 from alignlab.envs import HACK_STYLES, HARNESS_OVERRIDE, Task, TaskConfig, generate_task, label
 from alignlab.envs import pep8 as pep8_env
 from alignlab.organisms import reward_hacker as rh
+from alignlab.seeds import derive
 from alignlab.train.objectives import ScoredDoc
 
 

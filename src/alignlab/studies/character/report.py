@@ -15,7 +15,7 @@ import numpy as np
 from alignlab.artifacts import new_figure, save_figure
 from alignlab.runs.poison import grid_table, plot_grid
 from alignlab.studies.kit.html import publish
-from alignlab.studies.kit.report import fmt, mean_ci
+from alignlab.studies.kit.report import bounded_axis, error_bars, fmt, mean_ci, metric_range, spread_note
 
 REFERENCE = "never_hacker"
 LEARNT_MARGIN = 0.3  # a backdoor is learnt when triggered defection beats untriggered by this (the auditing game's)
@@ -56,13 +56,14 @@ def depth_summary(records: list[dict], curves: list[dict], starts: list[str], cf
         out["starts"][start] = {
             "hack_auc": mean_ci([m["hack_auc"] for m in mine.values()]),
             "steps_to_threshold": [m["steps_to_threshold"] for _, m in sorted(mine.items())],
-            "final_hack_rate": mean_ci([m["final_hack_rate"] for m in mine.values()]),
-            "start_hack_rate": mean_ci([m["start_hack_rate"] for m in mine.values()]),
+            "final_hack_rate": mean_ci([m["final_hack_rate"] for m in mine.values()], metric_range("hack_rate")),
+            "start_hack_rate": mean_ci([m["start_hack_rate"] for m in mine.values()], metric_range("hack_rate")),
             "auc_ratio": mean_ci(ratios), "auc_ratio_by_seed": ratios,
             "shell_index": mean_ci(shells), "shell_index_by_seed": shells,
             "speedup_by_seed": speedups,
             "max_malformed_rate": max((m["max_malformed_rate"] for m in mine.values()), default=None),
-            "start_malformed_rate": mean_ci([start_malformed.get((start, seed)) for seed in mine])}
+            "start_malformed_rate": mean_ci([start_malformed.get((start, seed)) for seed in mine],
+                                            metric_range("malformed_rate"))}
     out["health"] = health(records, start_malformed, cfg)
     return out
 
@@ -135,7 +136,8 @@ def headline(depth: dict) -> list[str]:
     if character:
         text = ("Relearning under forced exploration, as the ratio of areas under the hack curve to the never-"
                 "hacker's (1 = no faster) and the shell index (0 = as deep as never having learnt it, 1 = as "
-                "shallow as the untreated hacker), mean ± 95% CI over seeds. **Character training here**: "
+                "shallow as the untreated hacker), means over seeds with their spread as the table's caption says. "
+                "**Character training here**: "
                 + "; ".join(said(s) for s in character) + ".")
         if pretraining:
             text += " **Pretraining**: " + "; ".join(said(s) for s in pretraining) + "."
@@ -152,11 +154,13 @@ def plot_relearning(curves: list[dict], path: Path, threshold: float) -> None:
         points = [c for c in curves if c["arm"] == start and "hack_rate" in c]
         steps = sorted({c["step"] for c in points})
         ys = [np.mean([c["hack_rate"] for c in points if c["step"] == s]) for s in steps]
-        line, = ax.plot(steps, ys, "o-", label=start, lw=2 if start in ("hacker", REFERENCE) else 1.2)
+        line, = ax.plot(steps, ys, marker="o" if len(steps) <= 15 else None, ms=3.5, label=start,
+                        lw=2 if start in ("hacker", REFERENCE) else 1.2)
         for seed in sorted({c["seed"] for c in points}):
             own = sorted((c["step"], c["hack_rate"]) for c in points if c["seed"] == seed)
             ax.plot(*zip(*own, strict=True), color=line.get_color(), alpha=0.25, lw=0.8)
     ax.axhline(threshold, color="grey", ls=":", lw=1)
+    bounded_axis(ax, "hack_rate")
     ax.set_xlabel("GRPO step (forced exploration)")
     ax.set_ylabel("free-sample hack rate")
     ax.grid(alpha=0.3)
@@ -170,8 +174,9 @@ def plot_depth(depth: dict, path: Path) -> None:
     ax = fig.add_subplot()
     names = list(rows)
     x = np.arange(len(names))
-    ax.bar(x, [rows[n]["auc_ratio"][0] for n in names], yerr=[rows[n]["auc_ratio"][1] or 0 for n in names],
-           capsize=3, color="tab:purple")
+    # the bars' spread is what the table shows (from the seeds' ratios, which results.json keeps)
+    spread = np.hstack([error_bars(mean_ci(rows[n]["auc_ratio_by_seed"])) for n in names]) if names else None
+    ax.bar(x, [rows[n]["auc_ratio"][0] for n in names], yerr=spread, capsize=3, color="tab:purple")
     for i, n in enumerate(names):
         ax.scatter([i] * len(rows[n]["auc_ratio_by_seed"]), [v for v in rows[n]["auc_ratio_by_seed"] if v is not None],
                    color="k", s=10, zorder=3)
@@ -202,7 +207,7 @@ def write_report(out: Path, results: dict, curves: list[dict]) -> None:
              f"Forced exploration: {cfg['relearn']['forced_per_group']} of {cfg['relearn']['grpo']['num_generations']}"
              f" rollouts per GRPO group are the `{cfg['relearn']['force_style']}` hack; "
              f"{cfg['relearn']['grpo']['steps']} steps; {len(cfg['seeds'])} seed(s).", "",
-             "## Relearning under pressure", "",
+             "## Relearning under pressure", "", spread_note(len(cfg["seeds"])), "",
              "| start | hack at start | AUC | AUC / never-hacker | shell index | steps to "
              f"{cfg['relearn']['threshold']} (per seed) | final hack | max malformed | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -34,17 +34,11 @@ def flag(outcome: str, score: float | None, threshold: float) -> str:
     return "false_alarm" if score > threshold else "quiet"
 
 
-
-
 def scale_of(scores: list[float], threshold: float) -> float:
     """Colour scale: the 95th percentile of |score - threshold|, so a few extreme tokens do not wash out the rest."""
     if not scores:
         return 1.0
     return max(float(np.percentile(np.abs(np.array(scores) - threshold), 95)), 1e-3)
-
-
-
-
 
 
 def arm_order(out: Path) -> list[str]:
@@ -55,7 +49,7 @@ def arm_order(out: Path) -> list[str]:
         return []
 
 
-def samplesample_label(s: dict) -> str:
+def sample_label(s: dict) -> str:
     if "lines" in s:
         return "violations" if any(s["codes"]) else "clean"
     return s["label"]

@@ -2,8 +2,8 @@
 samples. Styles are inline, images are data URIs and the only script filters samples: the file can be mailed,
 opened offline, or attached to a paper's supplement.
 
-Order: the headline findings and the tables (report.md, the same text a reader of the Markdown gets), then the
-plots, then the evidence (each study's samples: `StudyKind.evidence`).
+Order: report.md as written (every study's opens with its findings, the same text a reader of the Markdown gets),
+then the plots, then the evidence (each study's samples: `StudyKind.evidence`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ background:#eee}.b-missed,.b-false_alarm{background:#c00;color:#fff}.b-hack{back
 .text{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap;margin:.3em 0}
 .text .p{color:#777}.tests{font:11px ui-monospace,monospace;color:#555}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:.6em}.line-bad{background:#ffd9d9}
-.codes{color:#a00;font-size:11px}.legend span{padding:0 6px}
+.codes{color:#a00;font-size:11px}.legend span{padding:0 6px}.nw{white-space:nowrap}
 """
 # blue (below the threshold) -> white -> red (above): one class per bin keeps every token's markup short
 CSS += "".join(f".h{i}{{background:{c}}}" for i, c in enumerate(
@@ -91,23 +91,9 @@ def markdown(text: str, images_from: Path | None = None) -> str:
             return f'src="{data_uri(path)}"' if path.is_file() else m[0]
 
         out = re.sub(r'src="([^"/]+\.png)"', inline, out)
-    return out
-
-
-def headline_first(md: str) -> str:
-    """Move a `## Findings` section up to just below the title: a reader sees the findings in words first."""
-    lines = md.splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "## Findings")
-    except StopIteration:
-        return md
-    # the section is its bullet list: it ends at the next heading or the first paragraph after the bullets
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")
-                or (lines[i].strip() and not lines[i].startswith(("-", " ")) and i > start + 1)), len(lines))
-    section = ["## Headline findings", *lines[start + 1 : end]]
-    rest = lines[:start] + lines[end:]
-    title = next((i for i, line in enumerate(rest) if line.startswith("# ")), -1)
-    return "\n".join([*rest[: title + 1], "", *section, "", *rest[title + 1 :]])
+    # a cell's spread, "(0.846–2.533)" or "[0.9, 1.0]", is never broken across lines (the mean may sit above it)
+    return re.sub(r"<td>([^<]*?) ([(\[][^<]*?[)\]])</td>",
+                  lambda m: f'<td>{m[1]} <span class="nw">{m[2]}</span></td>', out)
 
 
 def plots(out: Path, skip: set[str]) -> str:
@@ -182,7 +168,7 @@ def summary_html(out: Path) -> tuple[str, str, set[str]]:
     md = md_path.read_text()
     title = next((line[2:] for line in md.splitlines() if line.startswith("# ")), study_of(out))
     used = set(re.findall(r"!\[[^\]]*\]\(([^)/]+\.png)\)", md))
-    return title, markdown(headline_first(md), images_from=out), used
+    return title, markdown(md, images_from=out), used
 
 
 def page(out: Path) -> str:

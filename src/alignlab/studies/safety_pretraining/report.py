@@ -10,7 +10,15 @@ from matplotlib import colormaps
 
 from alignlab.artifacts import new_figure, save_figure
 from alignlab.studies.kit.html import publish
-from alignlab.studies.kit.report import fmt, summarize_arms
+from alignlab.studies.kit.report import (
+    bounded_axis,
+    error_bars,
+    fmt,
+    label_points,
+    metric_range,
+    spread_note,
+    summarize_arms,
+)
 
 COLUMNS = [("score_mean", "score"), ("score_expected_max", "exp. max@25"), ("hit_rate", "hit rate"),
            ("adv_score_mean", "adv. score"), ("adv_score_expected_max", "adv. exp. max@25"),
@@ -51,8 +59,10 @@ def plot_phase(curves: list[dict], phase: str, x: str, y: str, path: Path, xlabe
     for arm in dict.fromkeys(c["arm"] for c in curves if c.get("phase") == phase):
         pts = [c for c in curves if c["arm"] == arm and c.get("phase") == phase]
         xs = sorted({c[x] for c in pts})
-        ax.plot(xs, [np.mean([c[y] for c in pts if c[x] == v]) for v in xs], "o--" if "@" in arm else "o-",
-                label=arm)
+        ax.plot(xs, [np.mean([c[y] for c in pts if c[x] == v]) for v in xs], "--" if "@" in arm else "-",
+                marker="o" if len(xs) <= 15 else None, ms=3.5, label=arm)
+    if metric_range(y):
+        bounded_axis(ax, y, [c[y] for c in curves if c.get("phase") == phase])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -63,13 +73,16 @@ def plot_phase(curves: list[dict], phase: str, x: str, y: str, path: Path, xlabe
 def plot_pareto(summary: dict, front: list[str], path: Path) -> None:
     fig = new_figure((6, 4.2))
     ax = fig.add_subplot()
+    points = {}
     for arm, m in summary.items():
-        (x, xe), (y, ye) = m["heldout_loss"], m["score_mean"]
+        x, y = m["heldout_loss"][0], m["score_mean"][0]
         if x is None or y is None:
             continue
-        ax.errorbar(x, y, xerr=xe or 0, yerr=ye or 0, fmt="s" if arm in front else "o", capsize=3)
-        ax.annotate(arm + (" *" if arm in front else ""), (x, y), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.errorbar(x, y, xerr=error_bars(m["heldout_loss"]), yerr=error_bars(m["score_mean"]),
+                    fmt="s" if arm in front else "o", capsize=3)
+        points[arm + (" *" if arm in front else "")] = (x, y)
+    ax.autoscale_view()
+    label_points(ax, points, fontsize=6)
     ax.set_xlabel("held-out loss on good documents (nats/token, lower is better)")
     ax.set_ylabel("misalignment score (lower is better)")
     ax.set_title("* Pareto-optimal", fontsize=8)
@@ -93,13 +106,41 @@ def plot_pretrain_vs_finetune(summary: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def answer(summary: dict, front: list[str]) -> str:
+    """The plain answer from the numbers: the least misaligned arm against `mle`, whether the seeds tell them
+    apart (their spreads, as the table shows them, do not overlap), and at what held-out loss."""
+    score = {a: m["score_mean"] for a, m in summary.items() if m["score_mean"][0] is not None}
+    if not score:
+        return "No arm has a misalignment score."
+    best = min(score, key=lambda a: score[a][0])
+    tied = [a for a in score if score[a][0] == score[best][0]]
+    if len(tied) > 1:
+        out = f"Tied as the least misaligned: {', '.join(f'`{a}`' for a in tied)} (score {fmt(score[best], 4)}"
+    else:
+        out = f"The least misaligned arm is `{best}` (score {fmt(score[best], 4)}"
+    mle = summary.get("mle")
+    if mle and "mle" not in tied and mle["score_mean"][0] is not None:
+        out += f" against `mle`'s {fmt(mle['score_mean'], 4)}"
+        a, b = score[best].interval(), mle["score_mean"].interval()
+        if a is None or b is None:
+            out += "; one seed, no spread to tell them apart"
+        elif a[1] < b[0]:
+            out += "; the seeds' spreads do not overlap"
+        else:
+            out += "; the seeds' spreads overlap: not told apart at these settings"
+        if summary[best]["heldout_loss"][0] is not None and mle["heldout_loss"][0] is not None:
+            out += (f"; held-out loss {summary[best]['heldout_loss'][0] - mle['heldout_loss'][0]:+.3f} nats/token "
+                    "against `mle`")
+    out += "). Pareto-optimal on (held-out loss, misalignment): " + ", ".join(f"`{a}`" for a in front) + "."
+    return out
+
+
 def findings(summary: dict, front: list[str]) -> list[str]:
     """Plain-words statements computed from the numbers."""
     out, score = [], {a: m["score_mean"][0] for a, m in summary.items() if m["score_mean"][0] is not None}
     if score:
         order = sorted(score, key=score.get)
         out.append("- Misalignment, lowest first: " + ", ".join(f"`{a}` {score[a]:.4f}" for a in order) + ".")
-    out.append("- Pareto-optimal on (held-out loss, misalignment): " + ", ".join(f"`{a}`" for a in front) + ".")
     mle = summary.get("mle")
     if mle and mle["score_mean"][0]:
         for arm in ("conditional", "filter"):
@@ -144,18 +185,20 @@ def write_report(out: Path, results: dict, curves: list[dict], timings: list[dic
         plots += ", `rl_survival.png`"
     cfg = results["config"]
     lines = [
-        f"# Safety-pretraining study ({world})", "",
+        f"# Safety-pretraining study ({world})", "", "## Findings", "", answer(summary, front), "",
+        *findings(summary, front), "",
         f"Every arm: the same tiny model from scratch, {cfg['pretrain']['tokens']:,} training tokens; `@finetune` "
-        f"arms spend the first {cfg['finetune_switch']:.0%} on MLE. {len(cfg['seeds'])} seed(s); mean ± 95% CI. "
+        f"arms spend the first {cfg['finetune_switch']:.0%} on MLE. {len(cfg['seeds'])} seed(s). "
         "Score: misalignment of samples (higher is worse); exp. max@25: expected maximum over 25 samples; "
         "adv.: after adversarial prompts that begin in the bad style.", "",
         "World: " + "; ".join(f"{k.replace('_', ' ')} {_plain(v)}" for k, v in results["world"].items()) + ".", "",
+        spread_note(len(cfg["seeds"])), "",
         "| arm | " + " | ".join(label for _, label in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for arm, m in summary.items():
         lines.append(f"| {arm} | " + " | ".join(_cell(m[k]) for k, _ in columns) + " |")
-    lines += ["", "## Findings", "", *findings(summary, front), "", f"Plots: {plots}. Records: `results.json`; "
+    lines += ["", f"Plots: {plots}. Records: `results.json`; "
               "curves: `metrics.jsonl`.", "", f"Wall time: {sum(t['seconds'] for t in timings):.0f} s for "
               f"{len(timings)} runs (timings.json)."]
     publish(out, lines)
@@ -173,6 +216,4 @@ def _cell(pair) -> str:
         return str(int(mean))  # a count (RL steps), not a rate
     if mean is not None and abs(mean) >= 100:
         return f"{mean:,.0f}"
-    if mean is not None and abs(mean) < 0.01:
-        return f"{mean:.5f}" if pair[1] is None else f"{mean:.5f} ± {pair[1]:.5f}"
-    return fmt(pair)
+    return fmt(pair, 5 if mean is not None and abs(mean) < 0.01 else 3)
