@@ -41,18 +41,27 @@ def _normal_mode(path: str | Path, directory: bool = False) -> None:
 
 
 _FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed write is taken for a full disk
 
 
-def disk_full(err: BaseException) -> bool:
+def _free(path: str | Path) -> int:
+    path = Path(path).absolute()
+    st = os.statvfs(next(p for p in (path, *path.parents) if p.exists()))
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full(err: BaseException, where: str | Path | None = None) -> bool:
     """ENOSPC/EDQUOT however a library wraps it: an OSError, or its text in a SafetensorError or a RuntimeError
-    (anywhere along the exception's causes)."""
-    seen = set()
+    (anywhere along the exception's causes); or, with `where`, an I/O-ish error while that filesystem is all but
+    full (torch.save then says only `unexpected pos 117632 vs 117520`)."""
+    first, seen = err, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(t in str(err) for t in _FULL):
             return True
         err = err.__cause__ or err.__context__
-    return False
+    io_error = isinstance(first, (OSError, RuntimeError)) or type(first).__name__ == "SafetensorError"
+    return where is not None and io_error and _free(where) < _NEARLY_FULL
 
 
 def _size(path: Path) -> int:
@@ -64,8 +73,7 @@ def _size(path: Path) -> int:
 def disk_full_error(out: str | Path, temp: Path | None = None, kept: bool = False) -> AlignlabError:
     """`no space left …` naming the output, the free space there and what the run had written when it stopped."""
     out = Path(out).absolute()
-    where = next(p for p in (out, *out.parents) if p.exists())
-    free = os.statvfs(where).f_bavail * os.statvfs(where).f_frsize
+    free = _free(out)
     written = f"; it had written {_size(temp) / 1e6:.1f} MB" if temp is not None and temp.exists() else ""
     after = (f"its partial state is kept in {temp} for a re-run to resume" if kept else
              "its temp files were removed")
@@ -86,7 +94,7 @@ def atomic_file(path: str | Path):
         yield tmp
         os.replace(tmp, path)
     except BaseException as err:
-        full = disk_full_error(path, Path(tmp)) if disk_full(err) else None
+        full = disk_full_error(path, Path(tmp)) if disk_full(err, path.parent) else None
         Path(tmp).unlink(missing_ok=True)
         if full:
             raise full from None
@@ -206,7 +214,7 @@ def atomic_dir(out: str | Path, force: bool = False, resume: str | None = None):
                 shutil.rmtree(out)
             os.replace(tmp, out)
         except BaseException as err:
-            full = disk_full(err)
+            full = disk_full(err, out.parent)
             # an error is final; an interrupt, or a full disk, leaves resumable work to continue
             kept = resume is not None and (full or not isinstance(err, Exception))
             if full:

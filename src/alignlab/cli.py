@@ -730,6 +730,20 @@ def _interrupted(signum: int) -> str:
     return f"error: {what}; re-run the same command to resume"
 
 
+_INPUT_FILES = {"--config": "config file", "--data": "data file"}
+
+
+def _check_input_files(argv: list[str]) -> None:
+    """A FIFO or /dev/zero as an input file is refused before the command imports torch (the command checks its
+    files again, for callers that bypass main)."""
+    from alignlab.artifacts import require_file
+
+    pairs = [*itertools.pairwise(argv), *(a.split("=", 1) for a in argv if "=" in a)]  # --config F, --config=F
+    for flag, value in pairs:
+        if flag in _INPUT_FILES:
+            require_file(value, _INPUT_FILES[flag])
+
+
 def main(argv: list[str] | None = None) -> int:
     from alignlab import interrupts, locks
 
@@ -738,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     locks.command = " ".join(["alignlab", *argv])
     with interrupts.handle_signals():
         try:
+            _check_input_files(argv)
             code = app(args=argv, standalone_mode=False)  # a typer.Exit's code, or None
         except BaseException as err:  # each kind gets its one line in _report
             code = _report(err, argv, debug)
