@@ -115,6 +115,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_a_build_on_a_real_full_disk(small_disk):
     env = {**os.environ, "PYTHONPATH": str(Path(alignlab.__file__).parents[1]), "OMP_NUM_THREADS": "1",
            "ALIGNLAB_QUIET": "1"}

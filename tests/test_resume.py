@@ -92,9 +92,13 @@ def test_killed_organism_build_resumes_from_its_checkpoint(tmp_path, one_thread,
     from alignlab.cli import main
     from alignlab.progress import TrainerProgress
 
-    trained, real = [], TrainerProgress.on_step_end  # the optimizer steps this process trains
-    monkeypatch.setattr(TrainerProgress, "on_step_end", lambda self, args, state, control, **kw: (
-        trained.append(state.global_step), real(self, args, state, control, **kw)))
+    trained, real = [], TrainerProgress.on_step_end
+
+    def counting(self, args, state, control, **kwargs):  # the optimizer steps this process trains
+        trained.append(state.global_step)
+        return real(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(TrainerProgress, "on_step_end", counting)
     straight_dir = tmp_path / "straight" / "rh"
     assert main(["organism", "build", "reward-hacker", "--smoke", "--seed", "3", "--out", str(straight_dir)]) == 0
     n_steps = len(trained)
