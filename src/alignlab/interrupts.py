@@ -10,6 +10,7 @@ that step, not at the last periodic checkpoint. A second SIGTERM while waiting r
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -27,7 +28,9 @@ class Interrupted(BaseException):
 
 def _handler(signum, frame):
     global _pending
-    if signum == signal.SIGTERM and _trainers and _pending is None:
+    # under DDP the ranks could see the signal at different steps and wait for each other inside the save
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if signum == signal.SIGTERM and _trainers and _pending is None and alone:
         _pending = signum
         return
     raise Interrupted(signum)
