@@ -723,10 +723,11 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}"
 
 
-def _interrupted(signum: int) -> str:
+def _interrupted(signum: int | None = None) -> str:
+    """The line for a signal (None: a KeyboardInterrupt, i.e. SIGINT)."""
     import signal
 
-    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    what = "interrupted" if signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(signum).name}"
     return f"error: {what}; re-run the same command to resume"
 
 
@@ -758,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             code = _report(err, argv, debug)
         else:
             if code == 130:  # typer's answer to a KeyboardInterrupt our handler did not raise (another thread's)
-                print(_interrupted(2), file=sys.stderr)
+                print(_interrupted(), file=sys.stderr)
         finally:
             if "alignlab.progress" in sys.modules:  # bars cut short stay on screen otherwise
                 sys.modules["alignlab.progress"].close()
@@ -777,7 +778,7 @@ def _report(err: BaseException, argv: list[str], debug: bool) -> int:
         print(_interrupted(err.signum), file=sys.stderr)
         return err.exit_code
     if isinstance(err, (typer.Abort, KeyboardInterrupt)):
-        print(_interrupted(2), file=sys.stderr)
+        print(_interrupted(), file=sys.stderr)
         return 130
     if not isinstance(err, Exception):  # SystemExit and the like: not ours to rephrase
         raise err
