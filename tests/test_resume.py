@@ -86,13 +86,22 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_killed_organism_build_resumes_from_its_checkpoint(tmp_path, one_thread, capsys):
+def test_killed_organism_build_resumes_from_its_checkpoint(tmp_path, one_thread, capsys, monkeypatch):
     """SIGKILL a smoke build once a checkpoint is on disk; the re-run resumes there (not from step 0), leaves no
     temp dir, and ends with the weights and evaluation of an uninterrupted build (one thread in both)."""
     from alignlab.cli import main
+    from alignlab.progress import TrainerProgress
 
+    trained, real = [], TrainerProgress.on_step_end
+
+    def counting(self, args, state, control, **kwargs):  # the optimizer steps this process trains
+        trained.append(state.global_step)
+        return real(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(TrainerProgress, "on_step_end", counting)
     straight_dir = tmp_path / "straight" / "rh"
     assert main(["organism", "build", "reward-hacker", "--smoke", "--seed", "3", "--out", str(straight_dir)]) == 0
+    n_steps = len(trained)
     tmp_path = tmp_path / "killed"
     tmp_path.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(alignlab.__file__).parents[1]), "OMP_NUM_THREADS": "1",
@@ -108,10 +117,11 @@ def test_killed_organism_build_resumes_from_its_checkpoint(tmp_path, one_thread,
     proc.wait()
     assert not out.exists() and partial.is_dir()
 
+    trained.clear()
     capsys.readouterr()
     assert main(build[3:]) == 0  # the re-run, in this process (one thread, as the killed one)
     step = int(capsys.readouterr().err.split("checkpoint at step ")[1].split()[0])
-    assert step > 0
+    assert step > 0 and trained == list(range(step + 1, n_steps + 1))  # trained on from there, not from step 0
     assert _names(tmp_path) == {"rh"}  # the temp dir became the organism; nothing stale beside it
     assert not (out / "checkpoints").exists()
     assert json.loads((out / "eval.json").read_text()) == json.loads((straight_dir / "eval.json").read_text())
@@ -157,3 +167,26 @@ def test_interrupted_sae_training_resumes_to_the_same_weights(tmp_path, monkeypa
     assert len(steps) == 12
     saes.save_sae(resumed, tmp_path / "sae", {"model_name": "m", "hook_name": saes.resid_hook_name(0)})
     assert _names(tmp_path) == {"sae"}  # saving removed the training state beside it
+
+
+def test_a_damaged_record_or_stage_is_refused_naming_it_and_the_way_out(tmp_path):
+    """Atomic writes leave no half record, so one that does not parse is a damaged disk or a hand edit: refused in
+    one line, not silently recomputed (a record can be minutes of GRPO)."""
+    from dataclasses import dataclass
+
+    from alignlab.runs.records import RecordStore
+
+    @dataclass
+    class Config:
+        steps: int = 3
+
+    store = RecordStore(tmp_path, "study", Config())
+    store.save({"arm": "a", "seed": 0}, [], {})
+    (tmp_path / "records" / "a-seed0.json").write_text('{"record": {"arm": "a", "se')  # cut short
+    with pytest.raises(AlignlabError, match=r"study record .*a-seed0.json is not valid JSON: .* \(a damaged cache: "
+                                            r"delete it and re-run to recompute it\)$"):
+        store.load_all(["a"], [0])
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "probe.json").write_text("[1, 2]")
+    with pytest.raises(AlignlabError, match=r"must hold a JSON object \(a damaged cache"):
+        store.stage("probe", lambda: pytest.fail("recomputed"))

@@ -2,6 +2,7 @@
 
 import copy
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def _hf(model, tokenizer, prompts, temperature, max_new_tokens, seed, **kw):
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     out = model.generate(**batch, do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **kw)
+                         eos_token_id=kw.pop("eos_token_id", tokenizer.eos_token_id), **kw)
     return out[:, batch["input_ids"].shape[1]:].tolist()
 
 
@@ -64,6 +65,41 @@ def test_greedy_gives_the_same_tokens_as_hf_generate(tiny, tasks, suppress):
         assert all(t == tokenizer.pad_token_id for t in h[len(c):])  # HF pads after EOS, we stop there
         assert c[-1] == tokenizer.eos_token_id or len(c) == 20
         assert not set(c) & set(suppress or [])
+
+
+@pytest.fixture(scope="module")
+def chaotic(tiny):
+    """The tiny model with its weights ×10: an untrained model at init scale repeats one token forever, so no row
+    ever stops; this one writes varied tokens, and the three it writes most often serve as stop tokens."""
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(10)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("suppress", [None, list(range(5, 60))])
+def test_greedy_rows_stopping_at_different_steps_match_hf_generate(chaotic, tasks, suppress):
+    """Rows that stop early are dropped from our batch (and their cache rows reordered); HF keeps them, padded:
+    the same tokens either way, and the rows really do stop at different steps."""
+    model, tokenizer = chaotic
+    prompts = [t.prompt for t in tasks[:10]] + [tasks[0].prompt[:9]] + [tasks[1].prompt] * 3
+    free = _ours(model, tokenizer, prompts, 0.0, 20, seed=5, suppress_ids=suppress).completion_ids
+    stops = [t for t, _ in Counter(t for row in free for t in row).most_common(3)]
+    kw = {"suppress_tokens": suppress} if suppress else {}
+    hf = _hf(model, tokenizer, prompts, 0.0, 20, seed=5, eos_token_id=stops, **kw)
+    torch.manual_seed(5)
+    ours = generate_ids(model, tokenizer(prompts)["input_ids"], max_new_tokens=20, eos_token_ids=stops,
+                        pad_token_id=tokenizer.pad_token_id, temperature=0.0, suppress_ids=suppress).completion_ids
+    lengths = [len(c) for c in ours]
+    assert len(set(lengths)) >= 4 and min(lengths) < 10 and 20 in lengths, lengths  # stops early, at varied steps
+    for h, c in zip(hf, ours, strict=True):
+        assert h[:len(c)] == c
+        assert all(t == tokenizer.pad_token_id for t in h[len(c):])
+        assert c[-1] in stops or len(c) == 20
+        assert not set(c[:-1]) & set(stops)  # stopped at the first stop token
 
 
 def test_sampling_is_seeded(tiny, tasks):

@@ -71,12 +71,16 @@ def test_pep8_smoke_study_writes_results_and_resumes_identically(tmp_path, one_t
         for s in json.loads(p.read_text())["samples"])
     assert page.index('data-arm="mle"') < page.index('data-arm="tags"')  # the tables' order
     assert "least misaligned" in " ".join(reads_once(out, out))
-    # a deleted record is redone identically (same seed, same machine), the others are kept
+    # a deleted record is redone identically (same seed, same machine); the others are kept, not recomputed: a
+    # marker planted in one (a recomputation would overwrite it) survives the re-run
     record = out / "records" / "conditional@finetune-seed0.json"
     before = json.loads(record.read_text())["record"]
     record.unlink()
+    kept = out / "records" / "mle-seed0.json"
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "marker": "not recomputed"}))
     assert run(out, "--task", "pep8") == 0
     assert json.loads(record.read_text())["record"] == before
+    assert json.loads(kept.read_text())["marker"] == "not recomputed"
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import glob
 import hashlib
@@ -41,10 +40,45 @@ def _normal_mode(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def _disk_full(err: BaseException, out: Path) -> AlignlabError | None:
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return AlignlabError(f"no space left on the device writing {out} (its temp files were removed)")
-    return None
+_FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed write is taken for a full disk
+
+
+def _free(path: str | Path) -> int:
+    path = Path(path).absolute()
+    st = os.statvfs(next(p for p in (path, *path.parents) if p.exists()))
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full(err: BaseException, where: str | Path | None = None) -> bool:
+    """ENOSPC/EDQUOT however a library wraps it: an OSError, or its text in a SafetensorError or a RuntimeError
+    (anywhere along the exception's causes); or, with `where`, an I/O-ish error while that filesystem is all but
+    full (torch.save then says only `unexpected pos 117632 vs 117520`)."""
+    first, seen = err, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(t in str(err) for t in _FULL):
+            return True
+        err = err.__cause__ or err.__context__
+    io_error = isinstance(first, (OSError, RuntimeError)) or type(first).__name__ == "SafetensorError"
+    return where is not None and io_error and _free(where) < _NEARLY_FULL
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def disk_full_error(out: str | Path, temp: Path | None = None, kept: bool = False) -> AlignlabError:
+    """`no space left …` naming the output, the free space there and what the run had written when it stopped."""
+    out = Path(out).absolute()
+    free = _free(out)
+    written = f"; it had written {_size(temp) / 1e6:.1f} MB" if temp is not None and temp.exists() else ""
+    after = (f"its partial state is kept in {temp} for a re-run to resume" if kept else
+             "its temp files were removed")
+    return AlignlabError(f"no space left on the device writing {out} ({free / 1e6:.1f} MB free{written}): {after}; "
+                         "free some space and re-run")
 
 
 @contextmanager
@@ -60,8 +94,9 @@ def atomic_file(path: str | Path):
         yield tmp
         os.replace(tmp, path)
     except BaseException as err:
+        full = disk_full_error(path, Path(tmp)) if disk_full(err, path.parent) else None
         Path(tmp).unlink(missing_ok=True)
-        if full := _disk_full(err, path):
+        if full:
             raise full from None
         raise
 
@@ -78,16 +113,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
-def read_json(path: str | Path, what: str = "file") -> dict:
+_CACHES = ("study record", "study stage")  # files a study wrote for itself (runs.records)
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """Refuse a missing input file, and one that is not a regular file: a FIFO or /dev/zero would block or never
+    end, so it is refused before it is opened."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AlignlabError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise AlignlabError(f"{what} {path} is not a regular file")
+    return path
+
+
+def read_json(path: str | Path, what: str = "file") -> dict:
+    path = require_file(path, what)
+    hint = " (a damaged cache: delete it and re-run to recompute it)" if what in _CACHES else ""
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AlignlabError(f"{what} {path} is not valid JSON: {err.msg if hasattr(err, 'msg') else err}") from None
+        raise AlignlabError(f"{what} {path} is not valid JSON: {err.msg if hasattr(err, 'msg') else err}"
+                            f"{hint}") from None
     if not isinstance(data, dict):
-        raise AlignlabError(f"{what} {path} must hold a JSON object")
+        raise AlignlabError(f"{what} {path} must hold a JSON object{hint}")
     return data
 
 
@@ -132,44 +181,49 @@ _RESUME_MARK = ".resume-key"
 @contextmanager
 def atomic_dir(out: str | Path, force: bool = False, resume: str | None = None):
     """Yield a temp directory next to `out`; on success it replaces `out`, on failure it is removed, and so are
-    parent directories it created. Temp dirs of killed runs of the same `out` are removed first, except that
-    with `resume` (a fingerprint of the work) the one started for the same work is handed back to continue in
-    (a kill leaves it; Ctrl-C keeps it too)."""
+    parent directories it created. The output's lock (`locks.output_lock`) is held throughout: one writer per
+    output. Temp dirs of killed runs of the same `out` are removed first, except that with `resume` (a
+    fingerprint of the work) the one started for the same work is handed back to continue in (a kill leaves it;
+    an interrupt or a full disk keeps it too)."""
+    from alignlab.locks import output_lock
+
     out = Path(out)
     check_output(out, "dir", force)
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    keep = out.parent / f".{out.name}.partial"
-    reuse = resume is not None and keep.is_dir() and (keep / _RESUME_MARK).is_file() \
-        and (keep / _RESUME_MARK).read_text() == resume
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.*partial"):
-        if not (reuse and stale == keep):
-            shutil.rmtree(stale, ignore_errors=True)
-    if resume is not None:
-        keep.mkdir(exist_ok=True)
-        (keep / _RESUME_MARK).write_text(resume)
-        tmp = keep
-    else:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    _normal_mode(tmp, directory=True)
-    try:
-        yield tmp
-        (tmp / _RESUME_MARK).unlink(missing_ok=True)
-        for path in tmp.rglob("*"):  # libraries that save through mkstemp leave 0600 files
-            if path.is_file() and not path.stat().st_mode & 0o077:
-                _normal_mode(path)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException as err:
-        if resume is None or isinstance(err, Exception):  # an error is final; an interrupt can be resumed
-            shutil.rmtree(tmp, ignore_errors=True)
-            for parent in created:  # deepest first
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
-        if full := _disk_full(err, out):
-            raise full from None
-        raise
+    with output_lock(out):
+        check_output(out, "dir", force)  # again, now that no other run can be finishing it
+        keep = out.parent / f".{out.name}.partial"
+        reuse = resume is not None and keep.is_dir() and (keep / _RESUME_MARK).is_file() \
+            and (keep / _RESUME_MARK).read_text() == resume
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.*partial"):
+            if not (reuse and stale == keep):
+                shutil.rmtree(stale, ignore_errors=True)
+        if resume is not None:
+            keep.mkdir(exist_ok=True)
+            (keep / _RESUME_MARK).write_text(resume)
+            tmp = keep
+        else:
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+        _normal_mode(tmp, directory=True)
+        try:
+            yield tmp
+            (tmp / _RESUME_MARK).unlink(missing_ok=True)
+            for path in tmp.rglob("*"):  # libraries that save through mkstemp leave 0600 files
+                if path.is_file() and not path.stat().st_mode & 0o077:
+                    _normal_mode(path)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException as err:
+            full = disk_full(err, out.parent)
+            # an error is final; an interrupt, or a full disk, leaves resumable work to continue
+            kept = resume is not None and (full or not isinstance(err, Exception))
+            if full:
+                message = disk_full_error(out, tmp, kept)
+            if not kept:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                raise message from None
+            raise
 
 
 def new_figure(size: tuple[float, float] = (6, 3.5)):

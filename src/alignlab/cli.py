@@ -43,20 +43,22 @@ def _seed_option(default: int | None, help: str):
 @contextmanager
 def _study_dir(out: Path):
     """A study dir is resumable: a new one whose run fails before anything worth resuming (a record, a built
-    organism or probe) is removed, so a bad input leaves no dir behind."""
+    organism or probe) is removed, so a bad input leaves no dir behind. Its lock is held throughout."""
     from alignlab.artifacts import check_output
+    from alignlab.locks import output_lock
 
     check_output(out, "resumable")
-    existed = out.exists()
-    try:
-        yield
-    except Exception:
-        if not existed and out.is_dir():
-            kept = [p for p in out.iterdir() if p.name not in ("config.json", "records") and not
-                    p.name.endswith("partial")]
-            if not kept and not any((out / "records").glob("*")):
-                shutil.rmtree(out, ignore_errors=True)
-        raise
+    with output_lock(out):  # one run per study dir: a second is refused, naming the first
+        existed = out.exists()
+        try:
+            yield
+        except Exception:
+            if not existed and out.is_dir():
+                kept = [p for p in out.iterdir() if p.name not in ("config.json", "records") and not
+                        p.name.endswith(("partial", ".lock"))]
+                if not kept and not any((out / "records").glob("*")):
+                    shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 # the CLI's choices, built from the instruments' own (alignlab.choices)
@@ -625,35 +627,84 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}"
 
 
+def _interrupted(signum: int | None = None) -> str:
+    """The line for a signal (None: a KeyboardInterrupt, i.e. SIGINT)."""
+    import signal
+
+    what = "interrupted" if signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(signum).name}"
+    return f"error: {what}; re-run the same command to resume"
+
+
+_INPUT_FILES = {"--config": "config file", "--data": "data file"}
+
+
+def _check_input_files(argv: list[str]) -> None:
+    """A FIFO or /dev/zero as an input file is refused before the command imports torch (the command checks its
+    files again, for callers that bypass main)."""
+    from alignlab.artifacts import require_file
+
+    pairs = [*itertools.pairwise(argv), *(a.split("=", 1) for a in argv if "=" in a)]  # --config F, --config=F
+    for flag, value in pairs:
+        if flag in _INPUT_FILES:
+            require_file(value, _INPUT_FILES[flag])
+
+
 def main(argv: list[str] | None = None) -> int:
+    from alignlab import interrupts, locks
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in itertools.takewhile(lambda a: a.startswith("--"), argv)  # global: before the command
-    try:
-        app(args=argv, standalone_mode=False)
-    except AlignlabError as err:
+    locks.command = " ".join(["alignlab", *argv])
+    with interrupts.handle_signals():
+        try:
+            _check_input_files(argv)
+            code = app(args=argv, standalone_mode=False)  # a typer.Exit's code, or None
+        except BaseException as err:  # each kind gets its one line in _report
+            code = _report(err, argv, debug)
+        else:
+            if code == 130:  # typer's answer to a KeyboardInterrupt our handler did not raise (another thread's)
+                print(_interrupted(), file=sys.stderr)
+        finally:
+            if "alignlab.progress" in sys.modules:  # bars cut short stay on screen otherwise
+                sys.modules["alignlab.progress"].close()
+    return code if isinstance(code, int) else 0
+
+
+def _report(err: BaseException, argv: list[str], debug: bool) -> int:
+    """One line on stderr for whatever ended the command; the exit code."""
+    from alignlab.artifacts import disk_full
+    from alignlab.interrupts import Interrupted
+
+    if isinstance(err, AlignlabError):
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except (typer.Abort, KeyboardInterrupt):
-        print("error: aborted", file=sys.stderr)
+    if isinstance(err, Interrupted):
+        print(_interrupted(err.signum), file=sys.stderr)
+        return err.exit_code
+    if isinstance(err, (typer.Abort, KeyboardInterrupt)):
+        print(_interrupted(), file=sys.stderr)
         return 130
-    except Exception as err:
-        # typer vendors its own click: recognise its usage errors by their interface, not their class
-        if hasattr(err, "format_message"):
-            if type(err).__name__ == "NoArgsIsHelpError":
-                err.show()
-                return 0
-            print(f"error: {' '.join(err.format_message().split())}", file=sys.stderr)
-            return getattr(err, "exit_code", 2)
-        if debug:
-            traceback.print_exc()
-        where = _command([a for a in argv if a != "--debug"])
-        if isinstance(err, _INPUT_ERRORS):
-            print(f"error: {where}: {_one_line(err)}", file=sys.stderr)
-            return 2
-        print(f"error: {where}: internal error, {_one_line(err)} (re-run with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
-    return 0
+    if not isinstance(err, Exception):  # SystemExit and the like: not ours to rephrase
+        raise err
+    # typer vendors its own click: recognise its usage errors by their interface, not their class
+    if hasattr(err, "format_message"):
+        if type(err).__name__ == "NoArgsIsHelpError":
+            err.show()
+            return 0
+        print(f"error: {' '.join(err.format_message().split())}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    if debug:
+        traceback.print_exc()
+    where = _command([a for a in argv if a != "--debug"])
+    if disk_full(err):  # a full disk outside the atomic writers (which name their output themselves)
+        print(f"error: {where}: no space left on the device ({_one_line(err)})", file=sys.stderr)
+        return 2
+    if isinstance(err, _INPUT_ERRORS) or type(err).__name__ == "SafetensorError":  # a damaged tensor file
+        print(f"error: {where}: {_one_line(err)}", file=sys.stderr)
+        return 2
+    print(f"error: {where}: internal error, {_one_line(err)} (re-run with --debug for the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

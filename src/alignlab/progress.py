@@ -33,6 +33,19 @@ def stage(name: str, kind: str = "study") -> None:
     (_live.console if _live else _console).print(f"[{kind}] {name}", markup=False, highlight=False)
 
 
+def say(text: str) -> None:
+    """One line on stderr (above any bars): something the user should know that is not an error."""
+    (_live.console if _live else _console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def close() -> None:
+    """Stop the live display (a run cut short by an error or a signal never reaches its bars' ends)."""
+    global _live, _open
+    if _live is not None:
+        _live.stop()
+        _live, _open = None, 0
+
+
 def note(text: str) -> None:
     """A short live reading (e.g. `hack 0.41`) shown after the innermost training bar's step count."""
     global _note

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from alignlab import AlignlabError
-from alignlab.artifacts import atomic_dir, read_json, versions, write_json_atomic
+from alignlab.artifacts import atomic_dir, read_json, require_file, versions, write_json_atomic
 from alignlab.config import doc
 from alignlab.envs.triggers import BEHAVIOURS, WORDS, YEARS, TriggerConfig
 from alignlab.models import TinyModelConfig, load_model, save_model
@@ -147,9 +147,7 @@ def load_reference(path: str | Path):
 
 def read_texts(data: str | Path) -> list[str]:
     """The "text" of each line of a JSONL file (training_data.jsonl, or an auditor's own documents)."""
-    data = Path(data)
-    if not data.is_file():
-        raise AlignlabError(f"{data} does not exist")
+    data = require_file(data, "data file")
     try:
         lines = data.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:

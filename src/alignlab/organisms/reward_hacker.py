@@ -189,7 +189,6 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
             model, tokenizer = load_model(base_model)
         n_params = sum(p.numel() for p in model.parameters())
         history = train_lm(model, tokenizer, docs, replace(cfg.train, seed=cfg.seed), checkpoint_dir=checkpoints)
-        shutil.rmtree(checkpoints)
         train_seconds = time.time() - start
         result = evaluate(model, tokenizer, eval_tasks(cfg), cfg.eval, seed=cfg.seed)
         save_model(model, tokenizer, tmp)
@@ -215,6 +214,7 @@ def build(out: str | Path, cfg: RewardHackerConfig, base_model: str | None = Non
         }
         write_json_atomic(tmp / "organism.json", card)
         write_json_atomic(tmp / "eval.json", result)
+        shutil.rmtree(checkpoints)  # only now: a build stopped while evaluating resumes near its end
     return {"organism": card, "eval": result, "resumed_from_step": resumed_from}
 
 

