@@ -177,10 +177,20 @@ def _local(waves: list[list[Run]], out: Path, progress, workers: int | None) -> 
         progress(f"{total} runs on {n} local workers (one torch thread each; logs in {out / 'logs'})")
     # spawn: a fresh interpreter per worker (forking a process that has started torch's threads can deadlock);
     # one pool for every wave, so workers start once
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"), initializer=_worker_init)
+    try:
         for runs in waves:
             futures = {pool.submit(_in_worker, r.fn, r.args, _log_path(out, r)): r for r in runs}
             _collect(futures, len(runs), progress, lambda line: stage(line, "runs"))
+    except BaseException:
+        # Ctrl-C, SIGTERM or a failed run: stop the workers now rather than wait for their runs (a run's record is
+        # written whole or not at all; the study resumes from the finished ones). Python 3.11's pool has no public
+        # way to end its workers (3.14 adds terminate_workers)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 # ---- submitit: a cluster -----------------------------------------------------------------------------------------
