@@ -112,7 +112,8 @@ def organism_build(
     out: Path = typer.Option(..., "--out", help="Output directory (written atomically)."),
     seed: int = _seed_option(0, "Seed for corpus, initialisation, training and sampling."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast build for tests."),
-    model: str | None = typer.Option(None, "--model", help="Fine-tune this HF model (id or path) instead."),
+    model: str | None = typer.Option(None, "--model", help="Fine-tune this model instead: an HF id or "
+                                 "directory, a real model name (smollm2-135m-instruct) or a .gguf file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding config fields, e.g. "
                                        '{"corpus": {"hack_fractions": {"hardcode": 0.1}}}.'),

