@@ -110,8 +110,10 @@ def convert_gguf(path: Path, out: Path, source: dict) -> None:
     _need_gguf()
     start = time.time()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        with _no_progress_bars():  # the announcement line says what is happening
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise AlignlabError(f"cannot read GGUF model {path}: {first}") from None
@@ -124,10 +126,24 @@ def convert_gguf(path: Path, out: Path, source: dict) -> None:
     del quantized
     if getattr(plain, "hf_quantizer", None) is not None or getattr(plain.config, "quantization_config", None):
         raise AlignlabError(f"converting {path}: the model still carries a quantization config")  # a bug
-    plain.save_pretrained(out, safe_serialization=True)
+    with _no_progress_bars():
+        plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json_atomic(out / SOURCE, {"format": FORMAT, **source, "gguf_file": path.name,
                                      "convert_seconds": round(time.time() - start, 1), "versions": versions()})
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def cached(key: str, build: Callable[[Path], None], ready: Callable[[Path], bool]) -> Path:
@@ -219,3 +235,20 @@ def resolve(name_or_path: str | Path) -> Path | None:
     if not path.exists() and str(name_or_path) in REAL_MODELS:
         return named_model_dir(str(name_or_path))
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m alignlab.models.real [NAME ...]`: convert registered real models into the cache now (all by
+    default) and print where each is; `error: ...` and exit code 2 when one cannot be (scripts/setup runs it)."""
+    names = (sys.argv[1:] if argv is None else argv) or list(REAL_MODELS)
+    try:
+        for name in names:
+            print(f"{name}: {named_model_dir(name)}")
+    except AlignlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
