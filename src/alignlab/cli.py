@@ -686,7 +686,8 @@ def report(
 def bench(
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to write."),
     only: str | None = typer.Option(None, "--only",
-                                    help="Comma-separated: harvest,grpo_step,objectives,attribution,studies."),
+                                    help="Comma-separated: harvest,grpo_step,objectives,attribution,studies,"
+                                    "real_model."),
     quick: bool = typer.Option(False, "--quick", help="Fewer repeats (a few minutes in all)."),
     organism: str = typer.Option("runs/reward-hacker", "--organism",
                                  help="Organism for the GRPO benchmark (a random tiny model if absent)."),
