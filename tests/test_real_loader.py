@@ -24,8 +24,10 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(model, tokenizer, path, chat_template: str | None = None) -> None:
-    """A Llama GGUF file as llama.cpp's converter writes one (gpt2 BPE tokenizer, F32 tensors)."""
+def write_gguf(model, tokenizer, path, chat_template: str | None = None, pad: int | None = None,
+               unk: int | None = None) -> None:
+    """A Llama GGUF file as llama.cpp's converter writes one (gpt2 BPE tokenizer, F32 tensors); `pad` and `unk`:
+    other pad and unknown token ids than the tokenizer's."""
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny test llama")
@@ -49,7 +51,9 @@ def write_gguf(model, tokenizer, path, chat_template: str | None = None) -> None
     w.add_token_types([3 if t in specials else 1 for t in tokens])  # 3: control, 1: normal
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
     w.add_eos_token_id(tokenizer.eos_token_id)
-    w.add_pad_token_id(tokenizer.pad_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id if pad is None else pad)
+    if unk is not None:
+        w.add_unk_token_id(unk)
     w.add_add_bos_token(False)
     if chat_template:
         w.add_chat_template(chat_template)
@@ -159,6 +163,32 @@ def test_the_converted_model_trains_and_saves(tiny_gguf, cache, tmp_path):
     back, back_tok = load_model(tmp_path / "saved")
     torch.testing.assert_close(_logits(back, back_tok), _logits(model, tok), rtol=0, atol=0)
     assert back_tok.chat_template == TEMPLATE
+
+
+def test_a_pad_token_equal_to_eos_is_replaced_so_fine_tuning_sees_every_eos(tiny, tmp_path, cache, monkeypatch):
+    from transformers import DataCollatorForLanguageModeling
+
+    model, tokenizer = tiny
+    path = tmp_path / "padded.gguf"
+    eos, spare = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|pad|>")
+    write_gguf(model, tokenizer, path, pad=eos, unk=spare)  # as SmolLM2's GGUF: pad = EOS
+    converted, tok = load_model(path)
+    assert tok.eos_token_id == eos and tok.pad_token_id == spare
+    assert converted.config.pad_token_id == converted.generation_config.pad_token_id == spare
+    row = [*tok(TEXT, add_special_tokens=False)["input_ids"], eos]
+    labels = DataCollatorForLanguageModeling(tok, mlm=False)([{"input_ids": row}, {"input_ids": row[:3]}])["labels"]
+    assert labels[0, -1] == eos  # the EOS is a target; padding is not
+    assert (labels[1] == -100).sum() == len(row) - 3
+    # an entry converted by an older alignlab (another format version) is converted again
+    entry = cache / f"gguf-padded-{real.sha256(path)[:16]}"
+    source = json.loads((entry / "source.json").read_text())
+    (entry / "source.json").write_text(json.dumps({**source, "format_version": 1}))
+    calls = []
+    convert = real.convert_gguf
+    monkeypatch.setattr(real, "convert_gguf", lambda *a: calls.append(a) or convert(*a))
+    load_model(path)
+    load_model(path)
+    assert len(calls) == 1
 
 
 def _fake_package(tmp_path, monkeypatch, tiny_gguf, sha):

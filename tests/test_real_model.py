@@ -65,7 +65,9 @@ def test_the_converted_model_is_a_plain_fp32_model_with_its_chat_template(smol):
     specials = [t for t in tokens if t.startswith("<|")]
     assert specials == ["<|im_start|>", "<|im_end|>", "<|im_start|>", "<|im_end|>", "<|im_start|>"]
     assert tokens[:2] == ["<|im_start|>", "system"] and tokens[-4:] == ["<|im_start|>", "ass", "istant", "Ċ"]
-    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.padding_side == "left"
+    # the pad is not EOS (SmolLM2's GGUF pads with <|im_end|>, which would hide every turn's end from the LM loss)
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.padding_side) == ("<|im_end|>", "<|endoftext|>",
+                                                                                "left")
     assert tokenizer(rendered(tokenizer, "What is 2+2?"))["input_ids"] == ids  # text prompts encode alike
 
 
@@ -223,6 +225,8 @@ def test_attribution_ranks_the_query_document_first(smol):
 def test_save_load_round_trip_and_a_fine_tune_step(smol, tmp_path):
     import copy
 
+    from transformers import DataCollatorForLanguageModeling
+
     from alignlab.models import save_model
     from alignlab.train.lm import LMTrainConfig, train_lm
 
@@ -237,4 +241,7 @@ def test_save_load_round_trip_and_a_fine_tune_step(smol, tmp_path):
     history = train_lm(tuned, tokenizer, [rendered(tokenizer, "Hi") + "Hello!<|im_end|>"] * 2,
                        LMTrainConfig(batch_size=2, max_len=48, learning_rate=1e-4, warmup_ratio=0.0))
     assert history[-1]["step"] == 1 and np.isfinite(history[-1]["train_loss"])
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # train_lm's: <|im_end|> must be a target
+    labels = collator([{"input_ids": tokenizer(rendered(tokenizer, "Hi") + "Hello!<|im_end|>")["input_ids"]}])["labels"]
+    assert (labels[0] == tokenizer.eos_token_id).sum() == 3  # system, user and assistant turns end with it
     assert not torch.equal(tuned.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)

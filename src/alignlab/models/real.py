@@ -34,6 +34,8 @@ from alignlab.registry import Registry
 
 SOURCE = "source.json"  # in each converted directory: where its weights came from
 FORMAT = "alignlab-real-model"
+# 2: the pad token differs from EOS. A cache entry of another version is converted again.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,33 @@ def convert_gguf(path: Path, out: Path, source: dict) -> None:
     config = copy.deepcopy(quantized.config)
     with contextlib.suppress(AttributeError):
         del config.quantization_config  # the flag that makes the Trainer and save_pretrained refuse the model
+    config.pad_token_id = _distinct_pad(tokenizer)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
     plain.generation_config = copy.deepcopy(quantized.generation_config)
+    plain.generation_config.pad_token_id = config.pad_token_id
     del quantized
     if getattr(plain, "hf_quantizer", None) is not None or getattr(plain.config, "quantization_config", None):
         raise AlignlabError(f"converting {path}: the model still carries a quantization config")  # a bug
     with _no_progress_bars():
         plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    write_json_atomic(out / SOURCE, {"format": FORMAT, **source, "gguf_file": path.name,
+    write_json_atomic(out / SOURCE, {"format": FORMAT, "format_version": FORMAT_VERSION, **source,
+                                     "gguf_file": path.name, "pad_token": tokenizer.pad_token,
                                      "convert_seconds": round(time.time() - start, 1), "versions": versions()})
+
+
+def _distinct_pad(tokenizer) -> int | None:
+    """Make the tokenizer's pad token differ from EOS where it can (the unknown token, which byte-level BPE never
+    emits), and return its id. A pad equal to EOS hides every EOS from the LM loss (the Trainer's collator masks
+    pad ids), so fine-tuning would never teach the model to end its turn: SmolLM2's GGUF pads with <|im_end|>,
+    which ends every chat turn."""
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == eos:
+        unk = tokenizer.unk_token_id
+        if unk is not None and unk not in (eos, tokenizer.bos_token_id):
+            tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer.pad_token_id
 
 
 @contextlib.contextmanager
@@ -171,6 +189,10 @@ def _source(directory: Path) -> dict | None:
         return None
 
 
+def _current(source: dict | None) -> bool:
+    return source is not None and source.get("format_version") == FORMAT_VERSION
+
+
 def _announce(what: str, out: Path) -> None:
     print(f"converting {what} (GGUF) once to an fp32 safetensors model in {out}", file=sys.stderr, flush=True)
 
@@ -181,7 +203,7 @@ def named_model_dir(name: str) -> Path:
 
     def ready(directory: Path) -> bool:
         source = _source(directory)
-        return source is not None and source.get("sha256") == entry.sha256 and (directory / "config.json").exists()
+        return _current(source) and source.get("sha256") == entry.sha256 and (directory / "config.json").exists()
 
     def build(tmp: Path) -> None:
         path = gguf_file(name)
@@ -209,7 +231,7 @@ def gguf_model_dir(path: Path) -> Path:
 
     def ready(directory: Path) -> bool:
         source = _source(directory)
-        return source is not None and source.get("sha256") == digest and (directory / "config.json").exists()
+        return _current(source) and source.get("sha256") == digest and (directory / "config.json").exists()
 
     def build(tmp: Path) -> None:
         _announce(str(path), cache_root() / key)
