@@ -153,15 +153,20 @@ def _distinct_pad(tokenizer) -> int | None:
 
 @contextlib.contextmanager
 def _no_progress_bars():
+    """transformers' bars off; its GGUF reader's own tqdm bar (which ignores that switch) replaced by a plain loop."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
-    was = hf_logging.is_progress_bar_enabled()
+    was, bar = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
     hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         yield
     finally:
         if was:
             hf_logging.enable_progress_bar()
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def cached(key: str, build: Callable[[Path], None], ready: Callable[[Path], bool]) -> Path:
