@@ -107,7 +107,8 @@ def organism_build(
     out: Path = typer.Option(..., "--out", help="Output directory (written atomically)."),
     seed: int = _seed_option(0, "Seed for corpus, initialisation, training and sampling."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny, fast build for tests."),
-    model: str | None = typer.Option(None, "--model", help="Fine-tune this HF model (id or path) instead."),
+    model: str | None = typer.Option(None, "--model", help="Fine-tune this model instead: an HF id or "
+                                 "directory, a real model name (smollm2-135m-instruct) or a .gguf file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file overriding config fields, e.g. "
                                        '{"corpus": {"hack_fractions": {"hardcode": 0.1}}}.'),
@@ -591,7 +592,8 @@ def report(
 def bench(
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to write."),
     only: str | None = typer.Option(None, "--only",
-                                    help="Comma-separated: harvest,grpo_step,objectives,attribution,studies,grid."),
+                                    help="Comma-separated: harvest,grpo_step,objectives,attribution,studies,"
+                                    "grid,real_model."),
     quick: bool = typer.Option(False, "--quick", help="Fewer repeats (a few minutes in all)."),
     organism: str = typer.Option("runs/reward-hacker", "--organism",
                                  help="Organism for the GRPO benchmark (a random tiny model if absent)."),

@@ -1,5 +1,5 @@
 """What every benchmark returns: a name and rows of (case, value, target, ok, detail), printed alike. A value is
-a ratio measured side by side in one run, or a wall time in seconds (unit "s", no target)."""
+a ratio measured side by side in one run, or an absolute reading with its unit ("s", "tok/s", "MB"; no target)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def verdict(r: dict) -> str:
 
 
 def fmt_value(r: dict) -> str:
-    return f"{r['value']:.1f} s" if r["unit"] == "s" else f"{r['value']:.3f}"
+    return f"{r['value']:.3f}" if r["unit"] == "x" else f"{r['value']:.1f} {r['unit']}"
 
 
 def fmt_target(r: dict) -> str:

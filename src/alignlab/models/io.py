@@ -1,4 +1,5 @@
-"""Load any HF causal LM (hub id or local path) and save checkpoints as safetensors + config."""
+"""Load any HF causal LM (hub id, local directory, a named real model or a `.gguf` file) and save checkpoints as
+safetensors + config."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from alignlab import AlignlabError
 
 
 def load_model(name_or_path: str | Path, device: str | None = None):
-    """Return (model, tokenizer). A local directory must hold config + safetensors weights + tokenizer."""
+    """Return (model, tokenizer). A local directory must hold config + safetensors weights + tokenizer. A real
+    model name (`alignlab.models.real.REAL_MODELS`, e.g. "smollm2-135m-instruct") or a `.gguf` file is converted
+    once into the model cache (an fp32 safetensors directory) and read from there."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alignlab.models.real import resolve
+
+    name_or_path = resolve(name_or_path) or name_or_path
     path = Path(name_or_path)
     if path.exists():
         if not path.is_dir():
