@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from accelerate.utils import is_peft_model
 from datasets import Dataset
 from trl import GRPOConfig
 
@@ -108,8 +110,17 @@ def train_grpo(model, tokenizer, tasks: list[Task], reward_funcs: list, cfg: GRP
     if issubclass(trainer_cls, FastGRPOTrainer):
         kwargs.setdefault("fast", cfg.fast and not cfg.use_vllm)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
-                              train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer, **kwargs)
+        source = getattr(model.config, "_name_or_path", "")
+        if cfg.beta and not os.path.isdir(source or "") and not is_peft_model(model):
+            # TRL builds the KL reference by reloading the policy from its path; a model trained in memory (the
+            # pretraining runs) has none, so the reference is this model as it stands now, saved for TRL to read
+            model.save_pretrained(Path(tmp) / "reference")
+            model.config._name_or_path = str(Path(tmp) / "reference")
+        try:
+            trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=grpo_args(cfg, tmp, generation_kwargs),
+                                  train_dataset=task_dataset(tasks, prompt_of), processing_class=tokenizer, **kwargs)
+        finally:
+            model.config._name_or_path = source
         quiet_trainer(trainer, "GRPO")
         if on_trainer is not None:
             on_trainer(trainer)
