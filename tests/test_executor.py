@@ -79,11 +79,11 @@ def test_unknown_executor_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_study_grid_gives_the_same_records_serial_and_pooled(tmp_path, smoke_organism):
+def test_a_study_grid_gives_the_same_records_serial_and_pooled(tmp_path, hacky_organism):
     """The reward-hacking smoke study, two arms: the local pool writes what the serial run writes."""
     from alignlab.studies import run_study
 
-    common = {"preset": "smoke", "overrides": {"arms": ["none", "oracle"]}, "organism": smoke_organism}
+    common = {"preset": "smoke", "overrides": {"arms": ["none", "oracle"]}, "organism": hacky_organism}
     serial = run_study("reward-hacking", tmp_path / "serial", executor="serial", **common)
     pooled = run_study("reward-hacking", tmp_path / "pooled", executor="local", workers=2, **common)
     assert serial["records"] == pooled["records"]

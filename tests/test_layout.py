@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "alignlab"
 # README's order: a module may import its own layer and the ones before it; the base modules serve every layer
 LAYERS = ["envs", "models", "train", "organisms", "probes", "signals", "audit", "runs", "studies", "bench", "cli"]
-BASE = {"__init__", "config", "registry", "artifacts", "progress", "seeds", "choices"}
+BASE = {"__init__", "config", "registry", "artifacts", "progress", "seeds", "choices", "locks", "interrupts"}
 
 
 def _module(path: Path) -> str:

@@ -121,7 +121,7 @@ def test_a_gguf_file_converts_once_to_a_plain_model_with_the_same_logits(tiny, t
     model, tokenizer = tiny
     converted, tok = load_model(tiny_gguf)
     entry = cache / f"gguf-tiny-{real.sha256(tiny_gguf)[:16]}"
-    assert sorted(p.name for p in cache.iterdir()) == [f".{entry.name}.lock", entry.name]  # no temp dir left
+    assert sorted(p.name for p in cache.iterdir()) == [f".{entry.name}.convert.lock", entry.name]  # no temp dir left
     torch.testing.assert_close(_logits(converted, tok), _logits(model, tokenizer), rtol=0, atol=0)
     assert tok(TEXT)["input_ids"] == tokenizer(TEXT)["input_ids"]
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<|user|>hi<|endoftext|>"
@@ -220,7 +220,7 @@ def test_a_named_model_with_another_file_is_refused(tiny_gguf, tmp_path, cache, 
     with pytest.raises(AlignlabError, match=r"is not the pinned file .* pip install --no-deps --force-reinstall "
                                             r"fake-models==1\.0$"):
         load_model("fake-tiny")
-    assert [p.name for p in cache.iterdir()] == [".fake-tiny.lock"]
+    assert [p.name for p in cache.iterdir()] == [".fake-tiny.convert.lock"]
 
 
 def test_a_missing_package_is_one_line_saying_how_to_install_it(tmp_path, tiny_gguf, cache, monkeypatch, capsys):
@@ -264,7 +264,7 @@ def test_two_loaders_racing_build_the_entry_once(cache):
     for t in threads:
         t.join()
     assert len(calls) == 1 and results == [cache / "k"] * 2
-    assert sorted(p.name for p in cache.iterdir()) == [".k.lock", "k"]
+    assert sorted(p.name for p in cache.iterdir()) == [".k.convert.lock", "k"]
 
 
 def test_a_failed_build_leaves_nothing_and_a_stale_entry_is_replaced(cache):
@@ -274,10 +274,10 @@ def test_a_failed_build_leaves_nothing_and_a_stale_entry_is_replaced(cache):
 
     with pytest.raises(RuntimeError):
         real.cached("k", fail, lambda d: d.exists())
-    assert [p.name for p in cache.iterdir()] == [".k.lock"]
+    assert [p.name for p in cache.iterdir()] == [".k.convert.lock"]
     (cache / ".k.1234.partial").mkdir()  # a killed build's temp dir
     (cache / "k").mkdir()  # an entry that is not ready (e.g. an older conversion)
     (cache / "k" / "old").write_text("x")
     out = real.cached("k", lambda tmp: (tmp / "new").write_text("y"), lambda d: (d / "new").exists())
     assert sorted(p.name for p in out.iterdir()) == ["new"]
-    assert sorted(p.name for p in cache.iterdir()) == [".k.lock", "k"]
+    assert sorted(p.name for p in cache.iterdir()) == [".k.convert.lock", "k"]

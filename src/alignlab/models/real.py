@@ -171,7 +171,8 @@ def _no_progress_bars():
 
 def cached(key: str, build: Callable[[Path], None], ready: Callable[[Path], bool]) -> Path:
     """`cache_root()/key`, built by `build(tmp)` unless `ready(it)`. Built in a temp directory renamed into place,
-    under an exclusive lock on `.key.lock`: a second process waits, then finds it ready; a stale entry (not
+    under an exclusive lock on `.key.convert.lock`: a second process waits, then finds it ready (the output lock,
+    `.key.lock`, refuses instead of waiting: atomic_dir takes it inside this one); a stale entry (not
     `ready`) is replaced; a killed build leaves only a temp directory the next build removes."""
     root = cache_root()
     out = root / key
@@ -179,7 +180,7 @@ def cached(key: str, build: Callable[[Path], None], ready: Callable[[Path], bool
         return out
     check_output(root, "resumable", what="model cache")
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{key}.lock", "a") as lock:
+    with open(root / f".{key}.convert.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         if not ready(out):
             with atomic_dir(out, force=True) as tmp:
