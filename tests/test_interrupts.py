@@ -201,15 +201,17 @@ def test_a_signalled_smoke_build_resumes_to_the_uninterrupted_organism(smoke_org
 
 
 @pytest.mark.slow
-def test_a_signalled_smoke_study_resumes_to_the_uninterrupted_results(tmp_path, capsys, one_thread):
-    """SIGTERM during its organism build, SIGINT once its probe is written, SIGTERM after two arm records; the
-    re-run writes the results.json of an uninterrupted study (about 5 minutes on 2 busy cores)."""
+def test_a_signalled_smoke_study_resumes_to_the_uninterrupted_results(tmp_path, capsys, one_thread, hacky_organism):
+    """SIGINT once its probe is written, SIGTERM during the first arm, SIGTERM after it: each exits 130/143 with one
+    line, and the re-run writes the results.json of an uninterrupted study. (Signals during an organism build:
+    the test above; the study is given a built organism and two arms to keep the suite inside its budget.)"""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(["study", "reward-hacking", "--smoke", "--out", str(straight)]) == 0
-    argv = ["study", "reward-hacking", "--smoke", "--out", str(killed)]
-    moments = [(signal.SIGTERM, lambda: _steps(killed / ".organism.partial")),
-               (signal.SIGINT, lambda: (killed / "probe" / "probe.json").exists()),
-               (signal.SIGTERM, lambda: len(list(killed.glob("records/*-seed0.json"))) >= 4)]  # start + samples
+    common = ["--smoke", "--arms", "none,oracle", "--organism", str(hacky_organism)]
+    assert main(["study", "reward-hacking", *common, "--out", str(straight)]) == 0
+    argv = ["study", "reward-hacking", *common, "--out", str(killed)]
+    moments = [(signal.SIGINT, lambda: (killed / "probe" / "probe.json").exists()),
+               (signal.SIGTERM, lambda: (killed / "records" / "start-seed0.json").exists()),
+               (signal.SIGTERM, lambda: (killed / "records" / "none-seed0.json").exists())]
     for signum, ready in moments:
         code, err = _signal_when(argv, ready, signum)
         assert code == 128 + signum and _error_lines(err) == [LINES[signum]], err
