@@ -17,6 +17,7 @@ as safetensors to a temporary directory; nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -85,6 +86,14 @@ def _collate(pad_id: int):
         return {"input_ids": ids, "attention_mask": mask, "weights": weights}
 
     return collate
+
+
+@contextlib.contextmanager
+def _quiet():
+    """kronfluence 1.0.1 builds a (disabled) torch.cuda.amp.GradScaler per stage, deprecated in torch 2.13."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*GradScaler", category=FutureWarning)
+        yield
 
 
 def _linear_modules(model: nn.Module, spec: str) -> list[str]:
@@ -170,11 +179,12 @@ class EkfacScorer:
         self.analyzer = Analyzer("alignlab", self.model, self.task, cpu=self.device.type == "cpu",
                                  disable_tqdm=True, output_dir=self._dir.name, log_level=logging.WARNING)
         self.loader_kwargs = DataLoaderKwargs(collate_fn=_collate(_pad_id(tokenizer)))
-        self.analyzer.fit_all_factors(
-            "factors", dataset=_Examples([fit_docs[i] for i in order]), per_device_batch_size=cfg.batch_size,
-            factor_args=FactorArguments(strategy=cfg.ekfac.strategy,
-                                        use_empirical_fisher=cfg.ekfac.empirical_fisher),
-            dataloader_kwargs=self.loader_kwargs, overwrite_output_dir=True)
+        with _quiet():
+            self.analyzer.fit_all_factors(
+                "factors", dataset=_Examples([fit_docs[i] for i in order]), per_device_batch_size=cfg.batch_size,
+                factor_args=FactorArguments(strategy=cfg.ekfac.strategy,
+                                            use_empirical_fisher=cfg.ekfac.empirical_fisher),
+                dataloader_kwargs=self.loader_kwargs, overwrite_output_dir=True)
         self.kronfluence_version = kron.__version__
         # documents sorted by length: batches waste little on padding
         self.order = sorted(range(len(self.docs)), key=lambda i: len(self.docs[i][0]))
@@ -186,12 +196,14 @@ class EkfacScorer:
 
         self._calls += 1
         name = f"scores{self._calls}"
-        self.analyzer.compute_pairwise_scores(
-            name, factors_name="factors", query_dataset=_Examples(queries),
-            train_dataset=_Examples([self.docs[i] for i in self.order]),
-            per_device_query_batch_size=len(queries), per_device_train_batch_size=self.cfg.batch_size,
-            score_args=ScoreArguments(damping_factor=self.cfg.ekfac.damping, aggregate_query_gradients=aggregate),
-            dataloader_kwargs=self.loader_kwargs, overwrite_output_dir=True)
+        with _quiet():
+            self.analyzer.compute_pairwise_scores(
+                name, factors_name="factors", query_dataset=_Examples(queries),
+                train_dataset=_Examples([self.docs[i] for i in self.order]),
+                per_device_query_batch_size=len(queries), per_device_train_batch_size=self.cfg.batch_size,
+                score_args=ScoreArguments(damping_factor=self.cfg.ekfac.damping,
+                                          aggregate_query_gradients=aggregate),
+                dataloader_kwargs=self.loader_kwargs, overwrite_output_dir=True)
         sorted_scores = self.analyzer.load_pairwise_scores(name)["all_modules"].double().cpu().numpy()
         out = np.empty_like(sorted_scores)
         out[:, self.order] = sorted_scores

@@ -278,7 +278,8 @@ def run_validation(out: str | Path, cfg: ValidationConfig, progress=print) -> di
         for name, drop in drops.items():
             kept = np.setdiff1d(np.arange(len(docs)), drop)
             if not (stage.dir / f"remove-{name}.json").exists():
-                progress(f"retraining without {name}'s top {k}")
+                progress(f"retraining without {k} random documents" if name == "random"
+                         else f"retraining without {name}'s top {k}")
             removal[name] = stage(f"remove-{name}", lambda kept=kept: retrain(kept))
 
     measured = np.array([-r["query_loss"] for _, r in lds_runs])
