@@ -430,7 +430,11 @@ def _ekfac_score(model, tokenizer, documents: Sequence, query_pairs: Sequence[tu
                  cfg: AttributionConfig) -> np.ndarray:
     from alignlab.audit.influence import fit_ekfac
 
-    return fit_ekfac(model, tokenizer, documents, cfg).aggregate(query_pairs)
+    scorer = fit_ekfac(model, tokenizer, documents, cfg)
+    try:
+        return scorer.aggregate(query_pairs)
+    finally:
+        scorer.close()
 
 
 @dataclass(frozen=True)
