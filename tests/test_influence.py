@@ -246,8 +246,14 @@ def test_validate_attribution_smoke_writes_its_table_and_resumes(tmp_path, capsy
     after = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
     assert set(after) - set(stages) == {"lds-0.5-4.json"}
     assert all(after[n] == t for n, t in stages.items())
-    # another organism in the same directory is refused in one line
+    # other attribution settings rescore every method and redo only the removal retrainings (LDS subsets reused)
     cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"attribution": {"projection_dim": 128}}))
+    assert main(["audit", "validate-attribution", "--smoke", "--out", str(out), "--methods", methods,
+                 "--lds-subsets", "5", "--config", str(cfg)]) == 0
+    new = {p.name for p in (out / "stages").iterdir()} - set(after)
+    assert len(new) == len(methods.split(",")) and all(n.startswith("remove-") for n in new), new
+    # another organism in the same directory is refused in one line
     cfg.write_text(json.dumps({"organism": {"seed": 1}}))
     capsys.readouterr()
     assert main(["audit", "validate-attribution", "--smoke", "--out", str(out), "--config", str(cfg)]) == 2

