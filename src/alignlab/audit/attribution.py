@@ -421,23 +421,6 @@ def _gradient_fit(model, tokenizer, documents: Sequence, cfg: AttributionConfig)
                                for q in query_sets]
 
 
-def _ekfac_fit(model, tokenizer, documents: Sequence, cfg: AttributionConfig) -> Scorer:
-    from alignlab.audit.influence import fit_ekfac
-
-    return fit_ekfac(model, tokenizer, documents, cfg)
-
-
-def _ekfac_score(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
-                 cfg: AttributionConfig) -> np.ndarray:
-    from alignlab.audit.influence import fit_ekfac
-
-    scorer = fit_ekfac(model, tokenizer, documents, cfg)
-    try:
-        return scorer.aggregate(query_pairs)
-    finally:
-        scorer.close()
-
-
 @dataclass(frozen=True)
 class AttributionMethod:
     """One attribution method. `fit(model, tokenizer, documents, cfg)` reads the training documents once and
@@ -458,9 +441,7 @@ ATTRIBUTION_METHODS.register("grad_cosine", AttributionMethod(
 ATTRIBUTION_METHODS.register("grad_dot", AttributionMethod(
     fit=_gradient_fit, score=_streamed_scores,
     summary="the same with the plain inner product (the first-order loss change of one SGD step)"))
-ATTRIBUTION_METHODS.register("ekfac", AttributionMethod(
-    fit=_ekfac_fit, score=_ekfac_score, extra="influence",
-    summary="EK-FAC influence function (Grosse et al. 2023) by kronfluence, nn.Linear layers"))
+# "ekfac" registers itself in audit/influence.py (imported with the package), which needs this module
 
 
 def _resolve(cfg: AttributionConfig, method: str | None) -> tuple[AttributionConfig, AttributionMethod]:

@@ -37,7 +37,9 @@ from torch import nn
 
 from alignlab import AlignlabError
 from alignlab.audit.attribution import (
+    ATTRIBUTION_METHODS,
     AttributionConfig,
+    AttributionMethod,
     Example,
     _pad_id,
     _target_weights,
@@ -239,3 +241,17 @@ def fit_ekfac(model, tokenizer, documents: Sequence, cfg: AttributionConfig) -> 
     if len(documents) == 0:
         raise AlignlabError("attribution needs at least one training document")
     return EkfacScorer(model, tokenizer, documents, cfg)
+
+
+def _ekfac_score(model, tokenizer, documents: Sequence, query_pairs: Sequence[tuple[str, str]],
+                 cfg: AttributionConfig) -> np.ndarray:
+    scorer = fit_ekfac(model, tokenizer, documents, cfg)
+    try:
+        return scorer.aggregate(query_pairs)
+    finally:
+        scorer.close()
+
+
+ATTRIBUTION_METHODS.register("ekfac", AttributionMethod(
+    fit=fit_ekfac, score=_ekfac_score, extra="influence",
+    summary="EK-FAC influence function (Grosse et al. 2023) by kronfluence, nn.Linear layers"))
