@@ -85,9 +85,7 @@ def _auto(n_runs: int) -> str:
 def run_grid(waves: Sequence[Sequence[Run]], out: Path, progress=None) -> None:
     """Run every run of every wave (in order of waves), with the executor chosen by `executing` or the environment.
     Raises the first run's error once every other run of its wave has finished (their records are kept)."""
-    choice = _CHOICE.get() or ExecutorChoice()
-    if choice.name == "auto" and os.environ.get("ALIGNLAB_EXECUTOR"):
-        choice = ExecutorChoice(os.environ["ALIGNLAB_EXECUTOR"], choice.workers)
+    choice = _CHOICE.get() or ExecutorChoice(os.environ.get("ALIGNLAB_EXECUTOR") or "auto")
     waves = [list(w) for w in waves if w]
     if not waves:
         return
@@ -147,6 +145,17 @@ def _log_path(out: Path, run: Run) -> str:
     return str(out / "logs" / (run.name.replace(" ", "-").replace("/", "_") + ".log"))
 
 
+def _raise_first(errors: list, total: int) -> None:
+    """After a wave: the first failed run's error (its own one-line error as it is), naming how many failed."""
+    if not errors:
+        return
+    run, err = errors[0]
+    if isinstance(err, AlignlabError):
+        raise err
+    raise AlignlabError(f"run {run.name} failed ({len(errors)} of {total} runs): {type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:200]}")
+
+
 def _collect(futures: dict, total: int, progress, say_done) -> None:
     """Wait for every future, advancing one bar; re-raise the first failure after all have finished."""
     errors = []
@@ -162,11 +171,7 @@ def _collect(futures: dict, total: int, progress, say_done) -> None:
                 except BaseException as err:  # the run's own error: the others go on, its record stays missing
                     errors.append((run, err))
                 b.update(advance=1)
-    if errors:
-        run, err = errors[0]
-        raise err if isinstance(err, AlignlabError) else AlignlabError(
-            f"run {run.name} failed ({len(errors)} of {total} runs): {type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]}")
+    _raise_first(errors, total)
 
 
 @EXECUTORS.register("local")
@@ -233,7 +238,4 @@ def _submit_wave(executor, runs: list[Run], out: Path, progress) -> None:
             except Exception as err:
                 errors.append((run, err))
             b.update(advance=1)
-    if errors:
-        run, err = errors[0]
-        raise AlignlabError(f"run {run.name} failed ({len(errors)} of {len(runs)} runs): {type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:200]}")
+    _raise_first(errors, len(runs))

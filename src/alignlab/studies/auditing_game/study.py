@@ -93,10 +93,10 @@ def scoreboard(played: list[dict], auditors) -> dict:
     return board
 
 
-def play_stage(out: Path, cfg: GameConfig, index: int) -> None:
-    """Seal and audit organism `index`, cached as a stage (a run of the grid)."""
+def play_stage(out: Path, cfg: GameConfig, index: int) -> dict:
+    """Seal and audit organism `index`, cached as a stage (a run of the grid; later calls read the cache)."""
     store = RecordStore(out, "auditing-game", cfg)
-    store.stage(f"organism-{index:02d}", lambda: play_one(index, out, cfg, lambda what: stage(what, "game")),
+    return store.stage(f"organism-{index:02d}", lambda: play_one(index, out, cfg, lambda what: stage(what, "game")),
                 folder="played")
 
 
@@ -108,8 +108,7 @@ def run_game(out: Path, cfg: GameConfig, progress=None) -> dict:
     say = progress or (lambda _: None)
     run_grid([[Run(f"organism {i}", play_stage, (out, cfg, i)) for i in range(cfg.n_organisms)
                if not (out / "played" / f"organism-{i:02d}.json").exists()]], out, say)
-    played = [store.stage(f"organism-{i:02d}", lambda i=i: play_one(i, out, cfg, say), folder="played")
-              for i in range(cfg.n_organisms)]
+    played = [play_stage(out, cfg, i) for i in range(cfg.n_organisms)]  # every one cached by now
     timings = {f"organism-{i:02d}": store.stage_seconds(f"organism-{i:02d}", "played") for i in range(cfg.n_organisms)}
     board = scoreboard(played, cfg.auditors)
     records = [{"arm": name, "seed": p["organism"], "metrics": {part: p["auditors"][name]["score"][part] is True
